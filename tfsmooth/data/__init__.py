@@ -1,0 +1,1 @@
+"""tfsmooth.data."""
