@@ -39,7 +39,6 @@ setup(
     },
     entry_points={"console_scripts": ["tfsmooth=tfsmooth.cli:main"]},
     classifiers=[
-        "License :: OSI Approved :: Apache Software License",
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],

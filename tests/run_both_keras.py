@@ -48,10 +48,14 @@ def main() -> int:
     for label, legacy in FLAVOURS:
         code, counts = run(label, legacy, args)
         totals["passed"] += counts.get("passed", 0)
-        totals["failed"] += counts.get("failed", 0) + counts.get("errors", 0) + counts.get("error", 0)
+        totals["failed"] += (
+            counts.get("failed", 0) + counts.get("errors", 0) + counts.get("error", 0)
+        )
         totals["skipped"] += counts.get("skipped", 0)
         worst = worst or code
-    print(f"both: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
+    print(
+        f"both: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped"
+    )
     return worst
 
 

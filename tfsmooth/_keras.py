@@ -40,7 +40,9 @@ def _resolve():
             if legacy
             else "pip install keras"
         )
-        raise ImportError(f"tfsmooth could not load Keras through tf.keras ({error}). {hint}") from error
+        raise ImportError(
+            f"tfsmooth could not load Keras through tf.keras ({error}). {hint}"
+        ) from error
     return module, not layer_module.startswith("tf_keras")
 
 

@@ -110,7 +110,9 @@ def _scaled(scale: Any, value: tf.Tensor) -> Any:
 def _safe_sqrt(value: tf.Tensor) -> tf.Tensor:
     """sqrt with a finite gradient at 0 (taken as 0), so second derivatives never see inf * 0."""
     positive = value > 0
-    return tf.where(positive, tf.sqrt(tf.where(positive, value, tf.ones_like(value))), tf.zeros_like(value))
+    return tf.where(
+        positive, tf.sqrt(tf.where(positive, value, tf.ones_like(value))), tf.zeros_like(value)
+    )
 
 
 def _symbolic_layer(x: Any, layer_name: str, **parameters: Any):
@@ -242,7 +244,7 @@ def smelu(x: Any, beta: Parameter = 1.0) -> tf.Tensor:
 # Generalized SmeLU.
 #
 # With r = x + alpha, w = alpha + beta, k = g+ - g-, u = clip(r, 0, w) and R = relu(r - w):
-#   f(x)       = t + g- r + k (u^2 / 2w + R)
+#   f(x)       = t + g- min(r, 0) + g- u + k u^2 / 2w + g+ R   (= t + g- r + k (u^2 / 2w + R))
 #   df/dx      = g- + k u / w
 #   df/dt      = 1
 #   df/dg+     = u^2 / 2w + R
@@ -266,10 +268,13 @@ def _generalized_parts(x, params):
 
 @tf.function(jit_compile=True)
 def _generalized_forward(x, params):
-    _, r, _, _, quadratic, (_, _, slope_left, slope_right, offset) = _generalized_parts(x, params)
+    _, r, width, u, _, (_, _, slope_left, slope_right, offset) = _generalized_parts(x, params)
     k = slope_right - slope_left
-    y = offset + _scaled(slope_left, r) + _scaled(k, quadratic)
-    return tf.cast(y, x.dtype)
+    # The three pieces are added separately so that r = +-inf never meets inf - inf.
+    left = _scaled(slope_left, tf.minimum(r, 0.0))
+    middle = slope_left * u + k * u * u / (2.0 * width)
+    right = _scaled(slope_right, tf.nn.relu(r - width))
+    return tf.cast(offset + left + middle + right, x.dtype)
 
 
 @tf.function(jit_compile=True)
@@ -278,19 +283,18 @@ def _generalized_backward_from_output(dy, y, params):
     dtype = _compute_dtype(y.dtype)
     alpha, beta, slope_left, slope_right, offset = params
     k = slope_right - slope_left
-    if k == 0:
-        slope = tf.fill(tf.shape(y), tf.constant(slope_left, dtype))
-    else:
-        lo, hi = sorted((slope_left**2, slope_right**2))
-        squared = slope_left**2 + (2.0 * k / (alpha + beta)) * (tf.cast(y, dtype) - offset)
-        slope = _safe_sqrt(tf.clip_by_value(squared, lo, hi))
+    lo, hi = sorted((slope_left**2, slope_right**2))
+    squared = slope_left**2 + (2.0 * k / (alpha + beta)) * (tf.cast(y, dtype) - offset)
+    slope = _safe_sqrt(tf.clip_by_value(squared, lo, hi))  # clip: the lines outside the region
     return tf.cast(tf.cast(dy, dtype) * slope, dy.dtype)
 
 
 @tf.function(jit_compile=True)
 def _generalized_backward_from_input(dy, x, params, wanted):
     """Gradients for x and for the parameters flagged in ``wanted`` (those given as tensors)."""
-    dtype, r, width, u, quadratic, (_, _, slope_left, slope_right, _) = _generalized_parts(x, params)
+    dtype, r, width, u, quadratic, (_, _, slope_left, slope_right, _) = _generalized_parts(
+        x, params
+    )
     dyf = tf.cast(dy, dtype)
     k = slope_right - slope_left
     ratio = u / width

@@ -1,0 +1,119 @@
+"""The Keras switch: one module decides, exactly as TensorFlow does, and everything is registered."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+import tfsmooth
+from tfsmooth import _keras
+
+PACKAGE_DIR = pathlib.Path(tfsmooth.__file__).parent
+
+
+def _python(code: str, **env: str) -> str:
+    environment = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    environment.update(env, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_keras_is_what_tf_keras_resolves_to():
+    assert _keras.keras.layers.Layer is tf.keras.layers.Layer
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS", "") in ("1", "true", "True")
+    assert _keras.IS_KERAS_3 is not legacy
+    assert ("tf_keras" if legacy else "keras3") == _keras.KERAS_FLAVOUR
+
+
+@pytest.mark.parametrize(
+    "value, flavour", [(None, "keras3"), ("0", "keras3"), ("1", "tf_keras"), ("True", "tf_keras")]
+)
+def test_flavour_follows_tensorflow_rule_in_a_fresh_process(value, flavour):
+    env = {} if value is None else {"TF_USE_LEGACY_KERAS": value}
+    code = (
+        "import tensorflow as tf; from tfsmooth import _keras; "
+        "assert _keras.keras.layers.Dense is tf.keras.layers.Dense; print(_keras.KERAS_FLAVOUR)"
+    )
+    assert _python(code, **env) == flavour
+
+
+def test_import_tfsmooth_does_not_import_tensorflow():
+    code = "import sys, tfsmooth; print(tfsmooth.__version__, 'tensorflow' in sys.modules)"
+    version, imported = _python(code).split()
+    assert version == tfsmooth.__version__ and imported == "False"
+
+
+def _keras_questions(tree: ast.AST):
+    """Code (not docs) that picks a Keras: imports of keras/tf_keras, tf.keras, reading the env var."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in ("keras", "tf_keras"):
+                    yield node.lineno, f"import {alias.name}"
+        elif isinstance(node, ast.ImportFrom):
+            if (node.module or "").split(".")[0] in ("keras", "tf_keras"):
+                yield node.lineno, f"from {node.module} import ..."
+        elif isinstance(node, ast.Attribute) and node.attr == "keras":
+            if isinstance(node.value, ast.Name) and node.value.id in ("tf", "tensorflow"):
+                yield node.lineno, "tf.keras"
+        elif isinstance(node, ast.Constant) and node.value == "TF_USE_LEGACY_KERAS":
+            yield node.lineno, "reads TF_USE_LEGACY_KERAS"
+
+
+def test_only_the_switch_module_asks_which_keras():
+    offenders = [
+        f"{path.relative_to(PACKAGE_DIR)}:{line}: {what}"
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        if path.name != "_keras.py"
+        for line, what in _keras_questions(ast.parse(path.read_text()))
+    ]
+    assert not offenders, offenders
+    switch = ast.parse((PACKAGE_DIR / "_keras.py").read_text())
+    assert any(what == "tf.keras" for _, what in _keras_questions(switch))
+
+
+def _public_objects():
+    for name in tfsmooth._SUBMODULES:
+        try:
+            module = importlib.import_module(f"tfsmooth.{name}")
+        except ImportError:  # a subpackage that needs TFRS, under Keras 3
+            continue
+        for attr in getattr(module, "__all__", []):
+            yield f"{name}.{attr}", getattr(module, attr)
+
+
+def _needs_registration(obj) -> bool:
+    keras = _keras.keras
+    bases = (
+        keras.layers.Layer,
+        keras.losses.Loss,
+        keras.metrics.Metric,
+        keras.optimizers.Optimizer,
+        keras.callbacks.Callback,
+        keras.constraints.Constraint,
+    )
+    return inspect.isclass(obj) and issubclass(obj, bases)
+
+
+def test_every_public_keras_object_is_registered_under_tfsmooth():
+    keras = _keras.keras
+    checked = []
+    for qualified, obj in _public_objects():
+        is_activation = qualified.startswith("activations.") and inspect.isfunction(obj)
+        if not (is_activation or _needs_registration(obj)):
+            continue
+        assert keras.utils.get_registered_name(obj) == f"tfsmooth>{obj.__name__}", qualified
+        assert keras.utils.get_registered_object(f"tfsmooth>{obj.__name__}") is obj
+        checked.append(qualified)
+    assert {"activations.smelu", "layers.SmeLU", "layers.GeneralizedSmeLU"} <= set(checked)
