@@ -408,3 +408,20 @@ def test_as_dense_activation_inside_a_compiled_training_step():
     z = x.numpy() @ dense.kernel.numpy() + dense.bias.numpy()
     np.testing.assert_allclose(h, smelu_reference(z, 1.0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad, x.numpy().T @ smelu_slope_reference(z, 1.0), rtol=1e-4)
+
+
+def test_generalized_second_derivative_with_learnable_parameters():
+    """The input-based backward (tensor parameters) is twice differentiable too."""
+    x = tf.constant(np.linspace(-3.3, 3.3, 45))
+    alpha, slope = tf.Variable(0.6, dtype=tf.float64), tf.Variable(-0.2, dtype=tf.float64)
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            y = generalized_smelu(x, alpha=alpha, beta=1.1, negative_slope=slope)
+        dy = inner.gradient(y, x)
+    d2 = outer.gradient(dy, x).numpy()
+    xs = x.numpy()
+    inside = (xs > -0.6 + 1e-9) & (xs < 1.1 - 1e-9)
+    np.testing.assert_allclose(d2[inside], (1.0 + 0.2) / 1.7, rtol=1e-9)
+    np.testing.assert_allclose(d2[~inside], 0.0, atol=1e-12)
