@@ -189,7 +189,7 @@ def test_saved_model_serves_identically_without_tfsmooth(tmp_path):
     x = _train(model)
     path = export_saved_model(model, tmp_path)
     served = serve_in_clean_process(path, x)["output"]
-    np.testing.assert_allclose(served, model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(served, model.predict(x, verbose=0))
 
 
 def test_mixed_precision_policy():
