@@ -11,6 +11,7 @@ Exits non-zero if either run fails; the last line sums up both runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -50,7 +51,8 @@ def main() -> int:
     args = [a for a in args if a != "--sequential"] or ["tests"]
 
     began = time.time()
-    logs = [tempfile.TemporaryFile("w+") for _ in FLAVOURS]
+    stack = contextlib.ExitStack()
+    logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in FLAVOURS]  # noqa: SIM115
     pending = {}
     totals = dict.fromkeys(("passed", "failed", "skipped"), 0)
     worst = 0
@@ -77,6 +79,7 @@ def main() -> int:
                 finish(index, pending.pop(index))
         time.sleep(0.5)
 
+    stack.close()
     print(f"[both flavours in {time.time() - began:.0f} s]")
     print(
         f"both: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped"
