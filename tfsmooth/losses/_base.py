@@ -1,0 +1,164 @@
+"""The Keras shell shared by the catalog losses (private).
+
+A catalog loss needs three things Keras' ``Loss(y_true, y_pred, sample_weight)`` does not carry: the
+item table, which queries count, and a mean over the queries that count (Scalable Cross-Entropy drops
+the queries no bucket chose). :class:`CatalogLoss` adds them and keeps both Keras flavours' conventions:
+
+- ``y_pred`` is the queries ``[..., d]``, ``y_true`` the integer labels ``[...]`` (``[..., 1]`` too).
+- The item table is bound at construction (``item_embeddings=``: an ``Embedding`` layer, a variable,
+  a tensor, or a zero-argument callable returning ``[C, d]``) or passed per call. It is state, not
+  configuration: ``get_config`` holds the hyper-parameters only, like a layer's config holds no weights.
+- ``sample_weight`` weights the queries; a weight of 0 removes a query altogether (as ``mask`` does).
+- ``reduction="sum_over_batch_size"`` is the weighted mean over the queries that count
+  (``sum(w l) / sum(w)``), ``"sum"`` the weighted sum, ``"none"`` the per-query losses (0 where a
+  query does not count) in the shape of the labels. Under a ``tf.distribute`` strategy a Keras 3 mean
+  is divided by the number of replicas, as every Keras 3 loss does; tf-keras leaves that to the caller
+  (its ``compile`` machinery), as every tf-keras loss does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from tfsmooth._keras import IS_KERAS_3, keras
+
+REDUCTIONS = ("sum_over_batch_size", "sum", "none")
+
+
+def resolve_item_embeddings(item_embeddings: Any) -> tf.Tensor:
+    """The ``[C, d]`` table from an ``Embedding`` layer, a variable, a tensor or a callable."""
+    if item_embeddings is None:
+        raise ValueError(
+            "The loss has no item table: pass `item_embeddings=` (an Embedding layer, a variable, a "
+            "tensor or a callable returning [num_items, d]) to the constructor or to the call. "
+            "Received: item_embeddings=None"
+        )
+    if isinstance(item_embeddings, keras.layers.Layer) and hasattr(item_embeddings, "embeddings"):
+        if not item_embeddings.built:
+            raise ValueError(
+                f"The Embedding layer {item_embeddings.name!r} given as `item_embeddings` is not built "
+                "yet: call it once (or `build` it) before computing the loss."
+            )
+        return tf.convert_to_tensor(item_embeddings.embeddings)
+    if isinstance(item_embeddings, (tf.Tensor, tf.Variable)) or hasattr(item_embeddings, "shape"):
+        return tf.convert_to_tensor(item_embeddings)
+    if callable(item_embeddings):
+        return tf.convert_to_tensor(item_embeddings())
+    raise TypeError(
+        "`item_embeddings` must be an Embedding layer, a variable, a tensor or a callable returning "
+        f"one. Received: item_embeddings={item_embeddings!r}"
+    )
+
+
+def _weights_like(sample_weight: Any, labels: tf.Tensor) -> tf.Tensor:
+    weights = tf.convert_to_tensor(sample_weight)
+    if not weights.dtype.is_floating:
+        weights = tf.cast(weights, tf.float32)
+    rank = labels.shape.rank
+    if weights.shape.rank is not None and rank is not None:
+        if weights.shape.rank == rank + 1 and weights.shape[-1] == 1:
+            weights = tf.squeeze(weights, -1)
+        if weights.shape.rank > rank:
+            raise ValueError(
+                "`sample_weight` must broadcast against the labels. "
+                f"Received: sample_weight.shape={weights.shape}, labels.shape={labels.shape}"
+            )
+        for _ in range(rank - weights.shape.rank):
+            weights = tf.expand_dims(weights, -1)
+    return tf.broadcast_to(weights, tf.shape(labels))
+
+
+class CatalogLoss(keras.losses.Loss):
+    """Base of the Keras catalog losses: binds the item table, reduces over the counted queries."""
+
+    def __init__(
+        self,
+        item_embeddings: Any = None,
+        *,
+        reduction: str = "sum_over_batch_size",
+        name: str | None = None,
+    ):
+        if reduction not in REDUCTIONS:
+            raise ValueError(
+                f"`reduction` must be one of {REDUCTIONS}. Received: reduction={reduction!r}"
+            )
+        super().__init__(name=name, reduction=reduction)
+        self.item_embeddings = item_embeddings
+
+    # Subclasses return (per-query losses [N], counted [N] bool) for flattened inputs.
+    def per_query(self, queries, item_embeddings, labels, mask):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        y_true: Any,
+        y_pred: Any,
+        sample_weight: Any = None,
+        *,
+        item_embeddings: Any = None,
+        mask: Any = None,
+    ) -> tf.Tensor:
+        """The loss of queries ``y_pred [..., d]`` for labels ``y_true [...]``.
+
+        Args:
+            y_true: integer item indices ``[...]`` (or ``[..., 1]``).
+            y_pred: the queries ``[..., d]``.
+            sample_weight: optional weights broadcastable to the labels; 0 removes a query.
+            item_embeddings: the item table for this call, overriding the bound one.
+            mask: optional boolean mask of the labels' shape; False removes a query.
+        """
+        labels, weighted, weights = self._weighted_losses(
+            y_true, y_pred, sample_weight, item_embeddings, mask
+        )
+        if self.reduction == "none":
+            return tf.reshape(weighted, tf.shape(labels))
+        total = tf.reduce_sum(weighted)
+        if self.reduction == "sum":
+            return total
+        loss = tf.math.divide_no_nan(total, tf.reduce_sum(weights))
+        if IS_KERAS_3:
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            if replicas > 1:
+                loss = loss * (1.0 / replicas)
+        return loss
+
+    def call(self, y_true, y_pred):
+        """Per-query losses in the labels' shape (0 where a query does not count)."""
+        labels, weighted, _ = self._weighted_losses(y_true, y_pred, None, None, None)
+        return tf.reshape(weighted, tf.shape(labels))
+
+    def _weighted_losses(self, y_true, y_pred, sample_weight, item_embeddings, mask):
+        table = resolve_item_embeddings(
+            item_embeddings if item_embeddings is not None else self.item_embeddings
+        )
+        labels = tf.convert_to_tensor(y_true)
+        queries = tf.convert_to_tensor(y_pred)
+        if (
+            labels.shape.rank is not None
+            and queries.shape.rank is not None
+            and labels.shape.rank == queries.shape.rank
+            and labels.shape[-1] == 1
+        ):
+            labels = tf.squeeze(labels, -1)
+        if (
+            labels.dtype.is_floating
+        ):  # tf-keras may hand float labels over; ids are exact below 2^24
+            labels = tf.cast(labels, tf.int64)
+        weights = None
+        keep = mask
+        if sample_weight is not None:
+            weights = _weights_like(sample_weight, labels)
+            nonzero = tf.not_equal(weights, 0)
+            keep = nonzero if keep is None else tf.logical_and(tf.cast(keep, tf.bool), nonzero)
+        losses, counted = self.per_query(queries, table, labels, keep)
+        flat_weights = (
+            tf.cast(counted, losses.dtype)
+            if weights is None
+            else tf.where(counted, tf.cast(tf.reshape(weights, [-1]), losses.dtype), 0.0)
+        )
+        return labels, losses * flat_weights, flat_weights
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "reduction": self.reduction}
