@@ -1,1 +1,23 @@
-"""tfsmooth.models."""
+"""Models used by the benchmarks, the demo and the notebooks.
+
+- :func:`build_ranking_model`: user/item embeddings, genres, optional DCN cross layer, a shared MLP
+  with any activation, binary and regression heads (the TFRS ranking / DCN tutorials' model).
+"""
+
+from tfsmooth.models.ranking import (
+    ACTIVATIONS,
+    TASKS,
+    build_ranking_model,
+    make_activation,
+    ranking_losses,
+    ranking_metrics,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "TASKS",
+    "build_ranking_model",
+    "make_activation",
+    "ranking_losses",
+    "ranking_metrics",
+]
