@@ -35,13 +35,19 @@ def resolve_item_embeddings(item_embeddings: Any) -> tf.Tensor:
             "tensor or a callable returning [num_items, d]) to the constructor or to the call. "
             "Received: item_embeddings=None"
         )
-    if isinstance(item_embeddings, keras.layers.Layer) and hasattr(item_embeddings, "embeddings"):
-        if not item_embeddings.built:
+    if isinstance(item_embeddings, keras.layers.Layer):
+        if getattr(item_embeddings, "embeddings", None) is not None:
+            return tf.convert_to_tensor(item_embeddings.embeddings)
+        if isinstance(item_embeddings, keras.layers.Embedding):
             raise ValueError(
-                f"The Embedding layer {item_embeddings.name!r} given as `item_embeddings` is not built "
-                "yet: call it once (or `build` it) before computing the loss."
+                f"The Embedding layer {item_embeddings.name!r} given as `item_embeddings` is not "
+                "built yet: call it once (or `build` it) before computing the loss."
             )
-        return tf.convert_to_tensor(item_embeddings.embeddings)
+        raise TypeError(
+            "A layer given as `item_embeddings` must be an Embedding layer; for a layer that "
+            "computes the table from item features pass a callable, e.g. "
+            f"`lambda: item_tower(item_features)`. Received: item_embeddings={item_embeddings!r}"
+        )
     if isinstance(item_embeddings, (tf.Tensor, tf.Variable)) or hasattr(item_embeddings, "shape"):
         return tf.convert_to_tensor(item_embeddings)
     if callable(item_embeddings):

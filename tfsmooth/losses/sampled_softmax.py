@@ -51,7 +51,7 @@ def _check_sampling(sampling: Any) -> str | np.ndarray:
 def _uniforms(shape, seed, dtype=tf.float32):
     if seed is None or isinstance(seed, numbers.Integral):
         return tf.random.uniform(shape, dtype=dtype, seed=seed)
-    return tf.random.stateless_uniform(shape, seed=seed, dtype=dtype)
+    return tf.random.stateless_uniform(shape, seed=seed, dtype=dtype, alg="philox")
 
 
 def draw_candidates(

@@ -54,10 +54,12 @@ def _bucket_centres(queries, valid, n_buckets, mix_x, seed):
     dtype = queries.dtype
     rows, d = tf.shape(queries)[0], tf.shape(queries)[1]
     shape = tf.stack([rows, n_buckets] if mix_x else [n_buckets, d])
+    # Drawn in float32 whatever the inputs, so a seed pair means the same centres for every dtype.
     if seed is None or isinstance(seed, int):
-        draw = tf.random.normal(shape, dtype=dtype, seed=seed)
+        draw = tf.random.normal(shape, seed=seed)
     else:
-        draw = tf.random.stateless_normal(shape, seed=seed, dtype=dtype)
+        draw = tf.random.stateless_normal(shape, seed=seed, alg="philox")
+    draw = tf.cast(draw, dtype)
     if not mix_x:
         return draw
     kept = tf.where(valid[:, None], queries, tf.zeros([], dtype))
@@ -310,9 +312,12 @@ def scalable_cross_entropy(
         seed: None, an int, or a pair of ints. None or an int: the centres are drawn by
             ``tf.random.normal`` (an int is its op-level seed) -- fresh centres at every call,
             reproducible under ``tf.random.set_seed``/``keras.utils.set_random_seed``. A pair
-            ``(a, b)``: the centres are exactly ``tf.random.stateless_normal([n_buckets, d], seed)``
-            (``[N, n_buckets]`` mixing weights with ``mix_x``), the same for the same pair -- pass
-            e.g. ``(seed, step)`` for reproducible, changing buckets.
+            ``(a, b)``: the centres are exactly
+            ``tf.random.stateless_normal([n_buckets, d], seed, alg="philox")`` in float32
+            (``[N, n_buckets]`` mixing weights with ``mix_x``; with the default sizes
+            ``n_buckets = floor(2 sqrt(N))`` and the first ``floor(2 sqrt(valid))`` are used), the
+            same for the same pair, in and out of XLA -- pass e.g. ``(seed, step)`` for
+            reproducible, changing buckets.
 
     Returns:
         A scalar: the mean SCE over the counted queries (0 if none), ``float32`` for half inputs.
