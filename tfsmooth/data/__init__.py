@@ -10,6 +10,7 @@ synthetic data, and the encoding ranking models use.
 
 from tfsmooth.data.encoding import FEATURES, RankingData, encode_ranking
 from tfsmooth.data.ratings import Ratings, default_data_path, load_ratings
+from tfsmooth.data.sequences import SequenceSplits, build_sequences
 from tfsmooth.data.synthetic import synthetic_ratings
 from tfsmooth.data.tfds import load_tfds
 
@@ -17,6 +18,8 @@ __all__ = [
     "FEATURES",
     "RankingData",
     "Ratings",
+    "SequenceSplits",
+    "build_sequences",
     "default_data_path",
     "encode_ranking",
     "load_ratings",
