@@ -1,0 +1,762 @@
+"""Replica training: measure how much identically trained models disagree, per configuration.
+
+Train ``N`` replicas of a model-building function on the same data, differing only in the seed of
+their initialisation, of their data order, or both; evaluate them on held-out data; report the mean
+pairwise prediction difference (PD) with its standard error next to each replica's accuracy and the
+ensemble's -- for several configurations side by side (ReLU vs SmeLU, with or without a cross
+layer, ...). This is the experiment of the smooth-activation papers: accuracy against PD.
+
+- :func:`train_replicas` runs it and returns a :class:`ReproducibilityReport`.
+- :class:`ReproducibilityReport` gives a text table (:meth:`~ReproducibilityReport.table`), pandas
+  DataFrames (:meth:`~ReproducibilityReport.to_dataframe`,
+  :meth:`~ReproducibilityReport.replicas_dataframe`), the accuracy-vs-PD plot
+  (:meth:`~ReproducibilityReport.plot`) and :meth:`~ReproducibilityReport.save`.
+
+Seeds. Replica ``i`` of every configuration gets the same pair of seeds, so configurations are
+compared on the same initialisation and data-order draws::
+
+    init seed  = seed + i     if vary in ("init", "both")   else seed
+    order seed = seed + i     if vary in ("order", "both")  else seed
+
+``vary="none"`` trains identical replicas: with op determinism on (the default) their predictions
+are bit-identical, a check that the pipeline itself adds no noise.
+
+References:
+    - [Shamir, Lin, Coviello. Smooth activations and reproducibility in deep networks (2020)](
+      https://arxiv.org/abs/2010.09931)
+    - [Lin, Shamir. Real world large scale recommendation systems reproducibility and smooth
+      activations (2022)](https://arxiv.org/abs/2202.06499)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import itertools
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tfsmooth._keras import keras
+from tfsmooth.metrics.prediction_difference import prediction_difference
+
+__all__ = [
+    "ConfigurationResult",
+    "ReplicaRun",
+    "ReproducibilityReport",
+    "auc_score",
+    "log_loss",
+    "op_determinism",
+    "pairwise_prediction_difference",
+    "rmse",
+    "train_replicas",
+]
+
+VARY = ("init", "order", "both", "none")
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
+TASKS = ("binary", "regression")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Accuracy metrics (numpy, exact: no binning).
+
+
+def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Exact ROC AUC by the rank (Mann-Whitney U) formula, ties counted half.
+
+    Returns NaN when one class is absent.
+    """
+    labels = np.asarray(labels).reshape(-1) > 0.5
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return math.nan
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray, epsilon: float = 1e-7) -> float:
+    """Mean binary cross-entropy, probabilities clipped to ``[epsilon, 1 - epsilon]``."""
+    labels = np.asarray(labels, np.float64).reshape(-1)
+    p = np.clip(np.asarray(probabilities, np.float64).reshape(-1), epsilon, 1 - epsilon)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p)))
+
+
+def rmse(targets: np.ndarray, predictions: np.ndarray) -> float:
+    """Root mean squared error."""
+    targets = np.asarray(targets, np.float64).reshape(-1)
+    predictions = np.asarray(predictions, np.float64).reshape(-1)
+    return float(np.sqrt(np.mean((targets - predictions) ** 2)))
+
+
+def _accuracy(task: str, labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    if task == "binary":
+        return {"auc": auc_score(labels, predictions), "log_loss": log_loss(labels, predictions)}
+    return {"rmse": rmse(labels, predictions)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pairwise PD with a jackknife standard error.
+
+
+def pairwise_prediction_difference(
+    predictions: np.ndarray, kind: str = "relative"
+) -> tuple[float, float, np.ndarray]:
+    """Mean PD over all pairs of replicas, its jackknife standard error, and the pair matrix.
+
+    Pairs share replicas, so their PDs are not independent and the naive standard error of the pair
+    mean is too small. The error here is the jackknife over replicas: with :math:`\\bar{d}_{-i}` the
+    mean over pairs without replica ``i`` and :math:`R` replicas,
+    :math:`SE = \\sqrt{\\tfrac{R-1}{R} \\sum_i (\\bar{d}_{-i} - \\bar{d}_{\\cdot})^2}`.
+
+    Args:
+        predictions: ``[R, N]`` (or ``[R, N, C]`` for class kinds) predictions of R replicas.
+        kind: a kind of :func:`tfsmooth.metrics.prediction_difference`.
+
+    Returns:
+        ``(mean, standard_error, matrix)``: NaN mean for fewer than 2 replicas, NaN error for fewer
+        than 3; ``matrix[i, j]`` is the PD of replicas i and j.
+    """
+    predictions = np.asarray(predictions)
+    count = len(predictions)
+    matrix = np.zeros((count, count))
+    for i, j in itertools.combinations(range(count), 2):
+        value = float(prediction_difference(predictions[i], predictions[j], kind))
+        matrix[i, j] = matrix[j, i] = value
+    if count < 2:
+        return math.nan, math.nan, matrix
+    pairs = list(itertools.combinations(range(count), 2))
+    mean = float(np.mean([matrix[i, j] for i, j in pairs]))
+    if count < 3:
+        return mean, math.nan, matrix
+    leave_out = np.array(
+        [np.mean([matrix[i, j] for i, j in pairs if k not in (i, j)]) for k in range(count)]
+    )
+    error = math.sqrt((count - 1) / count * np.sum((leave_out - leave_out.mean()) ** 2))
+    return mean, error, matrix
+
+
+# ----------------------------------------------------------------------------------------------------
+# Results.
+
+
+@dataclasses.dataclass
+class ReplicaRun:
+    """One trained replica: its seeds, held-out metrics and time, or the error that stopped it.
+
+    Attributes:
+        configuration: the configuration's name.
+        index: replica number, from 0.
+        init_seed, order_seed: the seeds of its initialisation and data order.
+        metrics: ``{"auc", "log_loss"}`` (binary) or ``{"rmse"}`` (regression) on the test data;
+            empty for a failed replica.
+        seconds: wall time of build + training + prediction.
+        error: ``None``, or why the replica failed (its predictions are then not used).
+    """
+
+    configuration: str
+    index: int
+    init_seed: int
+    order_seed: int
+    metrics: dict[str, float]
+    seconds: float
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+@dataclasses.dataclass
+class ConfigurationResult:
+    """All replicas of one configuration, their pairwise PD and the ensemble.
+
+    Attributes:
+        name: the configuration's name.
+        task: ``"binary"`` or ``"regression"``.
+        replicas: every :class:`ReplicaRun`, failed ones included.
+        predictions: ``[R_ok, N]`` test predictions of the replicas that succeeded.
+        prediction_difference: mean pairwise relative PD (NaN with fewer than 2 replicas).
+        prediction_difference_se: its jackknife standard error.
+        absolute_difference, absolute_difference_se: the same for absolute PD.
+        pair_matrix: ``[R_ok, R_ok]`` relative PD of each pair.
+        ensemble: metrics of the mean prediction of the successful replicas.
+    """
+
+    name: str
+    task: str
+    replicas: list[ReplicaRun]
+    predictions: np.ndarray
+    prediction_difference: float
+    prediction_difference_se: float
+    absolute_difference: float
+    absolute_difference_se: float
+    pair_matrix: np.ndarray
+    ensemble: dict[str, float]
+
+    @property
+    def succeeded(self) -> list[ReplicaRun]:
+        return [r for r in self.replicas if not r.failed]
+
+    @property
+    def failures(self) -> list[ReplicaRun]:
+        return [r for r in self.replicas if r.failed]
+
+    def metric(self, name: str) -> tuple[float, float]:
+        """Mean and standard error (``std / sqrt(n)``) of a replica metric over successful replicas."""
+        values = np.array([r.metrics[name] for r in self.succeeded], np.float64)
+        if len(values) == 0:
+            return math.nan, math.nan
+        error = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+        return float(values.mean()), error
+
+
+def _format(mean: float, error: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    if math.isnan(error):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {error:.{digits}f}"
+
+
+@dataclasses.dataclass
+class ReproducibilityReport:
+    """The results of :func:`train_replicas`: one :class:`ConfigurationResult` per configuration.
+
+    Attributes:
+        configurations: results by configuration name, in the order they were given.
+        settings: how the replicas were trained (replicas, vary, epochs, batch size, seed, ...).
+    """
+
+    configurations: dict[str, ConfigurationResult]
+    settings: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        return next(iter(self.configurations.values())).task
+
+    @property
+    def accuracy_metric(self) -> str:
+        return "auc" if self.task == "binary" else "rmse"
+
+    @property
+    def failures(self) -> list[ReplicaRun]:
+        return [r for c in self.configurations.values() for r in c.failures]
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per configuration: replicas, PD (relative, absolute) with errors, accuracy."""
+        rows = []
+        for result in self.configurations.values():
+            row = {
+                "configuration": result.name,
+                "replicas": len(result.succeeded),
+                "failed": len(result.failures),
+                "pd_relative": result.prediction_difference,
+                "pd_relative_se": result.prediction_difference_se,
+                "pd_absolute": result.absolute_difference,
+                "pd_absolute_se": result.absolute_difference_se,
+            }
+            for name in ("auc", "log_loss") if result.task == "binary" else ("rmse",):
+                row[name], row[f"{name}_se"] = result.metric(name)
+                row[f"ensemble_{name}"] = result.ensemble.get(name, math.nan)
+            row["seconds_per_replica"] = (
+                float(np.mean([r.seconds for r in result.succeeded]))
+                if result.succeeded
+                else math.nan
+            )
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def replicas_dataframe(self) -> pd.DataFrame:
+        """One row per replica: configuration, seeds, metrics, seconds, error."""
+        rows = []
+        for result in self.configurations.values():
+            for run in result.replicas:
+                rows.append(
+                    {
+                        "configuration": run.configuration,
+                        "replica": run.index,
+                        "init_seed": run.init_seed,
+                        "order_seed": run.order_seed,
+                        **run.metrics,
+                        "seconds": run.seconds,
+                        "error": run.error or "",
+                    }
+                )
+        return pd.DataFrame(rows)
+
+    def table(self) -> str:
+        """A fixed-width text table: PD (relative and absolute) and accuracy, ``mean ± SE``."""
+        binary = self.task == "binary"
+        header = ["configuration", "replicas", "PD (relative)", "PD (absolute)"]
+        header += ["AUC", "log loss", "ensemble AUC"] if binary else ["RMSE", "ensemble RMSE"]
+        rows = []
+        for result in self.configurations.values():
+            replicas = f"{len(result.succeeded)}"
+            if result.failures:
+                replicas += f" ({len(result.failures)} failed)"
+            row = [
+                result.name,
+                replicas,
+                _format(result.prediction_difference, result.prediction_difference_se, 4),
+                _format(result.absolute_difference, result.absolute_difference_se, 4),
+            ]
+            names = ("auc", "log_loss") if binary else ("rmse",)
+            row += [_format(*result.metric(name), 4) for name in names]
+            row.append(_format(result.ensemble.get(names[0], math.nan), math.nan, 4))
+            rows.append(row)
+        widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+        lines.append("  ".join("-" * w for w in widths))
+        lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
+        for run in self.failures:
+            lines.append(
+                f"failed: {run.configuration} replica {run.index} (init seed {run.init_seed}, "
+                f"order seed {run.order_seed}): {run.error}"
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def plot(self, path: str | pathlib.Path | None = None, *, ax=None, title: str | None = None):
+        """Accuracy against relative PD per configuration, with standard-error bars.
+
+        The papers' main picture: better configurations sit towards lower PD and higher AUC (lower
+        RMSE). Uses matplotlib's object API (no display needed).
+
+        Args:
+            path: where to save the figure (PNG, SVG, PDF by suffix); not saved when ``None``.
+            ax: a matplotlib ``Axes`` to draw into; a new figure when ``None``.
+            title: the title; a description of the run when ``None``.
+
+        Returns:
+            The matplotlib ``Figure``.
+        """
+        from matplotlib.figure import Figure
+
+        figure = ax.figure if ax is not None else Figure(figsize=(7.0, 4.8), dpi=110)
+        ax = ax if ax is not None else figure.add_subplot()
+        metric = self.accuracy_metric
+        colors = itertools.cycle(_COLORS)
+        for result in self.configurations.values():
+            color = next(colors)
+            y, y_error = result.metric(metric)
+            x, x_error = result.prediction_difference, result.prediction_difference_se
+            if math.isnan(x) or math.isnan(y):
+                continue
+            ax.errorbar(
+                x,
+                y,
+                xerr=None if math.isnan(x_error) else x_error,
+                yerr=None if math.isnan(y_error) else y_error,
+                fmt="o",
+                color=color,
+                capsize=3,
+                label=result.name,
+            )
+            ax.annotate(result.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel("prediction difference between replicas (relative, lower is better)")
+        better = "higher" if metric == "auc" else "lower"
+        ax.set_ylabel(f"test {metric.upper()} ({better} is better)")
+        if title is None:
+            settings = self.settings
+            title = (
+                f"{settings.get('data', 'data')}: {settings.get('replicas')} replicas per "
+                f"configuration, vary {settings.get('vary')}"
+            )
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        if len(self.configurations) > 1:
+            ax.legend(fontsize=8, loc="best")
+        figure.tight_layout()
+        if path is not None:
+            figure.savefig(str(path))
+        return figure
+
+    def save(self, directory: str | pathlib.Path, prefix: str = "reproducibility") -> dict:
+        """Writes ``<prefix>_summary.csv``, ``<prefix>_replicas.csv`` and ``<prefix>.png``.
+
+        Returns:
+            ``{"summary": path, "replicas": path, "plot": path}``.
+        """
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = {
+            "summary": directory / f"{prefix}_summary.csv",
+            "replicas": directory / f"{prefix}_replicas.csv",
+            "plot": directory / f"{prefix}.png",
+        }
+        self.to_dataframe().to_csv(paths["summary"], index=False)
+        self.replicas_dataframe().to_csv(paths["replicas"], index=False)
+        self.plot(paths["plot"])
+        return paths
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training.
+
+
+def _determinism_switches():
+    """(is_enabled, disable) from TensorFlow; the public API only has ``enable_op_determinism``."""
+    try:
+        from tensorflow.python.framework import config as tf_config
+
+        return tf_config.is_op_determinism_enabled, tf_config.disable_op_determinism
+    except (ImportError, AttributeError):  # pragma: no cover -- other TensorFlow versions
+        return (lambda: False), None
+
+
+@contextlib.contextmanager
+def op_determinism(enabled: bool = True) -> Iterator[None]:
+    """Turns TensorFlow op determinism on inside the block and restores the previous state after.
+
+    With it, the same seeds give bit-identical results (TensorFlow picks deterministic kernels and
+    raises for ops that have none). Where TensorFlow cannot turn it off again, it stays on.
+    """
+    is_enabled, disable = _determinism_switches()
+    before = is_enabled()
+    if enabled and not before:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if enabled and not before and disable is not None:
+            disable()
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+    return int(value)
+
+
+def _length(structure: Any, name: str) -> int:
+    leaves = tf.nest.flatten(structure)
+    if not leaves:
+        raise ValueError(f"`{name}` holds no arrays. Received: {name}={structure!r}")
+    lengths = {len(np.asarray(leaf)) for leaf in leaves}
+    if len(lengths) != 1:
+        raise ValueError(
+            f"All arrays of `{name}` must have the same length. Received lengths {sorted(lengths)}"
+        )
+    return lengths.pop()
+
+
+def _take(structure: Any, rows: np.ndarray) -> Any:
+    return tf.nest.map_structure(lambda leaf: np.asarray(leaf)[rows], structure)
+
+
+def _split_xy(data: Any, name: str) -> tuple[Any, Any]:
+    if isinstance(data, tuple) and len(data) == 2:
+        return data
+    raise TypeError(
+        f"`{name}` must be a tuple (features, targets) of numpy arrays or dicts of them. "
+        f"Received: {name} of type {type(data).__name__}"
+    )
+
+
+def _select(structure: Any, output: str | None, what: str) -> np.ndarray:
+    if isinstance(structure, Mapping):
+        if output is None:
+            if len(structure) != 1:
+                raise ValueError(
+                    f"The {what} have several outputs {sorted(structure)}: pass `output` to pick "
+                    f"the one to compare. Received: output=None"
+                )
+            output = next(iter(structure))
+        if output not in structure:
+            raise ValueError(
+                f"`output` must be one of the {what}' keys {sorted(structure)}. "
+                f"Received: output={output!r}"
+            )
+        structure = structure[output]
+    elif isinstance(structure, (list, tuple)):
+        raise TypeError(
+            f"The {what} are a list; return a dict of named outputs (or one array) instead."
+        )
+    array = np.asarray(structure)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    return array
+
+
+def _call_builder(build_model: Callable, init_seed: int):
+    try:
+        parameters = [
+            p
+            for p in inspect.signature(build_model).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+    except (TypeError, ValueError):
+        parameters = [None]
+    model = build_model(init_seed) if parameters else build_model()
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"`build_model` must return a compiled keras.Model. Received: {type(model).__name__}"
+        )
+    if getattr(model, "optimizer", None) is None:
+        raise TypeError(
+            "`build_model` must return a compiled keras.Model (call model.compile(...) in it). "
+            "Received: a model that is not compiled"
+        )
+    return model
+
+
+def _short_error(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    message = lines[0] if lines else ""
+    return f"{type(error).__name__}: {message[:300]}".rstrip(": ")
+
+
+class _Progress:
+    def __init__(self, progress: bool | Callable[[dict], None], total: int):
+        self.progress, self.total, self.done, self.began = progress, total, 0, time.perf_counter()
+
+    def __call__(self, event: dict) -> None:
+        if event.get("event") == "replica_end":
+            self.done += 1
+        if callable(self.progress):
+            self.progress(event)
+            return
+        if not self.progress or event.get("event") != "replica_end":
+            return
+        elapsed = time.perf_counter() - self.began
+        left = elapsed / self.done * (self.total - self.done)
+        run: ReplicaRun = event["run"]
+        head = f"[{self.done}/{self.total}] {run.configuration} replica {run.index + 1}"
+        if run.failed:
+            body = f"FAILED: {run.error}"
+        else:
+            body = ", ".join(f"{k} {v:.4f}" for k, v in run.metrics.items())
+        eta = f"; about {left:.0f} s left" if self.done < self.total else ""
+        print(f"{head}: {body} ({run.seconds:.1f} s{eta})", file=sys.stderr, flush=True)
+
+
+def _train_one(
+    build_model, x, y, x_test, init_seed, order_seed, epochs, batch_size, fit_kwargs, output
+) -> np.ndarray:
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(init_seed)
+    model = _call_builder(build_model, init_seed)
+    order = np.random.default_rng(order_seed)
+    size = _length(x, "train features")
+    for _ in range(epochs):
+        rows = order.permutation(size)
+        model.fit(
+            _take(x, rows),
+            _take(y, rows),
+            batch_size=batch_size,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            **fit_kwargs,
+        )
+    predictions = model.predict(x_test, batch_size=max(batch_size, 4096), verbose=0)
+    return _select(predictions, output, "model's predictions")
+
+
+def train_replicas(
+    build_model: Callable[..., Any] | Mapping[str, Callable[..., Any]],
+    train: tuple[Any, Any],
+    test: tuple[Any, Any],
+    *,
+    replicas: int = 5,
+    vary: str = "both",
+    epochs: int = 3,
+    batch_size: int = 256,
+    seed: int = 0,
+    output: str | None = None,
+    task: str | None = None,
+    deterministic: bool = True,
+    progress: bool | Callable[[dict], None] = True,
+    fit_kwargs: Mapping[str, Any] | None = None,
+    data_name: str | None = None,
+) -> ReproducibilityReport:
+    """Trains replicas of one or several model-building functions and measures their disagreement.
+
+    For each configuration and each replica ``i``: clear the Keras session, seed everything with the
+    replica's init seed, call ``build_model(init_seed)`` (or ``build_model()``), train ``epochs``
+    epochs on ``train`` in an order drawn from the replica's order seed, predict ``test``. Then
+    per configuration: the mean pairwise relative and absolute PD of the test predictions with
+    jackknife standard errors (:func:`pairwise_prediction_difference`), each replica's AUC and log
+    loss (binary) or RMSE (regression), and the same for the ensemble (the mean prediction).
+
+    A replica that raises, or whose predictions hold NaN/Inf, is recorded as failed (with the error)
+    and left out of PD and accuracy; the table lists it. ``KeyboardInterrupt`` stops the run.
+
+    Args:
+        build_model: a function returning a *compiled* ``keras.Model``, taking the init seed as its
+            only argument or no argument; or a mapping ``{name: function}`` of configurations.
+        train: ``(features, targets)``: arrays or dicts of arrays, as ``model.fit`` takes them.
+        test: ``(features, targets)`` held out for evaluation.
+        replicas: replicas per configuration, ``>= 2``.
+        vary: what differs between replicas: ``"init"``, ``"order"``, ``"both"`` or ``"none"``.
+        epochs: training epochs.
+        batch_size: training batch size.
+        seed: the first seed; replica ``i`` uses ``seed + i`` (see the module docstring).
+        output: for models and targets with several named outputs, the one to compare and score.
+        task: ``"binary"`` (AUC, log loss; predictions in [0, 1]) or ``"regression"`` (RMSE);
+            inferred from the test targets when ``None`` (all 0/1: binary).
+        deterministic: run with TensorFlow op determinism (restored afterwards), so equal seeds give
+            bit-identical predictions.
+        progress: ``True`` prints one line per replica to stderr (metrics, time, time left);
+            ``False`` is silent; a callable receives event dicts (``"replica_start"``,
+            ``"replica_end"`` with the :class:`ReplicaRun`).
+        fit_kwargs: extra arguments of ``model.fit`` (e.g. ``callbacks``).
+        data_name: a label of the data for the report and plot.
+
+    Returns:
+        A :class:`ReproducibilityReport`.
+
+    Raises:
+        ValueError: for bad counts, ``vary`` or ``task``, or mismatched array lengths.
+        TypeError: for data not given as ``(features, targets)``.
+
+    Example:
+
+    >>> from tfsmooth.data import encode_ranking, synthetic_ratings
+    >>> from tfsmooth.models import build_ranking_model, ranking_losses
+    >>> from tfsmooth.reproducibility import train_replicas
+    >>> data = encode_ranking(synthetic_ratings(n_users=500, n_items=200, n_ratings=10000))
+    >>> def builder(activation):
+    ...     def build(seed):
+    ...         model = build_ranking_model(data.n_users, data.n_items, data.n_genres,
+    ...                                     activation=activation, hidden_units=(64, 32), seed=seed)
+    ...         model.compile("adam", loss=ranking_losses())
+    ...         return model
+    ...     return build
+    >>> report = train_replicas(  # doctest: +SKIP
+    ...     {"relu": builder("relu"), "smelu": builder("smelu")},
+    ...     (data.features("train"), data.targets("train")),
+    ...     (data.features("test"), data.targets("test")),
+    ...     replicas=3, epochs=2)
+    >>> print(report.table())  # doctest: +SKIP
+    """
+    configurations = (
+        dict(build_model) if isinstance(build_model, Mapping) else {"model": build_model}
+    )
+    if not configurations:
+        raise ValueError("`build_model` must name at least one configuration. Received: {}")
+    for name, builder in configurations.items():
+        if not callable(builder):
+            raise TypeError(
+                f"`build_model` must be callable (or a mapping of callables). Received: "
+                f"{name}={builder!r}"
+            )
+    replicas = _check_int("replicas", replicas, 2)
+    epochs = _check_int("epochs", epochs, 1)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
+    if vary not in VARY:
+        raise ValueError(f"`vary` must be one of {list(VARY)}. Received: vary={vary!r}")
+    x_train, y_train = _split_xy(train, "train")
+    x_test, y_test = _split_xy(test, "test")
+    if _length(x_train, "train features") != _length(y_train, "train targets"):
+        raise ValueError("`train` features and targets must have the same number of rows")
+    labels = _select(y_test, output, "test targets")
+    if len(labels) != _length(x_test, "test features"):
+        raise ValueError("`test` features and targets must have the same number of rows")
+    if task is None:
+        task = "binary" if np.isin(np.unique(labels), (0, 1)).all() else "regression"
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {list(TASKS)}. Received: task={task!r}")
+    fit_kwargs = dict(fit_kwargs or {})
+
+    total = replicas * len(configurations)
+    # Every replica builds new models, so Keras' "retracing" warning is expected: keep it quiet.
+    logger = tf.get_logger()
+    level = logger.level
+    report_progress = _Progress(progress, total)
+    with op_determinism(deterministic):
+        logger.setLevel("ERROR")
+        try:
+            results = _train_all(
+                configurations, x_train, y_train, x_test, labels, replicas, vary, epochs,
+                batch_size, seed, output, task, fit_kwargs, report_progress,
+            )  # fmt: skip
+        finally:
+            logger.setLevel(level)
+    keras.backend.clear_session()
+    settings = {
+        "replicas": replicas,
+        "vary": vary,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "task": task,
+        "deterministic": deterministic,
+        "data": data_name or "data",
+        "train_rows": _length(x_train, "train features"),
+        "test_rows": len(labels),
+    }
+    return ReproducibilityReport(configurations=results, settings=settings)
+
+
+def _train_all(
+    configurations, x_train, y_train, x_test, labels, replicas, vary, epochs, batch_size, seed,
+    output, task, fit_kwargs, report_progress,
+) -> dict[str, ConfigurationResult]:  # fmt: skip
+    results = {}
+    for name, builder in configurations.items():
+        runs, predictions = [], []
+        for index in range(replicas):
+            init_seed = seed + index if vary in ("init", "both") else seed
+            order_seed = seed + index if vary in ("order", "both") else seed
+            report_progress({"event": "replica_start", "configuration": name, "replica": index})
+            began = time.perf_counter()
+            try:
+                predicted = _train_one(
+                    builder, x_train, y_train, x_test, init_seed, order_seed,
+                    epochs, batch_size, fit_kwargs, output,
+                )  # fmt: skip
+                if predicted.shape[0] != len(labels):
+                    raise ValueError(
+                        f"the model predicted {predicted.shape[0]} rows for {len(labels)} "
+                        "test examples"
+                    )
+                bad = int(np.size(predicted) - np.isfinite(predicted).sum())
+                if bad:
+                    raise FloatingPointError(
+                        f"{bad} of {np.size(predicted)} test predictions are NaN or Inf "
+                        "(training diverged?)"
+                    )
+                metrics = _accuracy(task, labels, predicted)
+                error = None
+                predictions.append(predicted)
+            except Exception as failure:  # a failed replica is reported, never dropped silently
+                metrics, error = {}, _short_error(failure)
+            run = ReplicaRun(
+                name, index, init_seed, order_seed, metrics, time.perf_counter() - began, error
+            )
+            runs.append(run)
+            report_progress({"event": "replica_end", "run": run})
+        results[name] = _summarise(name, task, runs, predictions, labels)
+    return results
+
+
+def _summarise(name, task, runs, predictions, labels) -> ConfigurationResult:
+    stacked = np.stack(predictions) if predictions else np.zeros((0, len(labels)), np.float32)
+    relative, relative_se, matrix = pairwise_prediction_difference(stacked, "relative")
+    absolute, absolute_se, _ = pairwise_prediction_difference(stacked, "absolute")
+    ensemble = _accuracy(task, labels, stacked.mean(axis=0)) if predictions else {}
+    return ConfigurationResult(
+        name=name,
+        task=task,
+        replicas=runs,
+        predictions=stacked,
+        prediction_difference=relative,
+        prediction_difference_se=relative_se,
+        absolute_difference=absolute,
+        absolute_difference_se=absolute_se,
+        pair_matrix=matrix,
+        ensemble=ensemble,
+    )
