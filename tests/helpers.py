@@ -59,10 +59,16 @@ _SERVE = textwrap.dedent(
     else:
         fn = loaded.serve if hasattr(loaded, "serve") else loaded
         out = fn(inputs)
+    def plain(value):
+        array = np.asarray(value)
+        if array.dtype == object:  # tf.string outputs arrive as bytes
+            array = np.char.decode(array.astype(bytes), "utf-8")
+        return array.tolist()
+
     if isinstance(out, dict):
-        result = {k: np.asarray(v).tolist() for k, v in out.items()}
+        result = {k: plain(v) for k, v in out.items()}
     else:
-        result = {"output": np.asarray(out).tolist()}
+        result = {"output": plain(out)}
     loaded_modules = sorted(m for m in sys.modules if m == "tfsmooth" or m.startswith("tfsmooth."))
     print("RESULT" + json.dumps({"outputs": result, "tfsmooth_modules": loaded_modules}))
     """

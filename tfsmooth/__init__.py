@@ -25,6 +25,7 @@ _SUBMODULES = (
     "models",
     "optimizers",
     "reproducibility",
+    "serving",
     "tasks",
 )
 
