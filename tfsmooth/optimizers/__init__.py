@@ -1,1 +1,61 @@
-"""tfsmooth.optimizers."""
+"""tfsmooth.optimizers: the Clippy rule and the optimizers built on it (Tang et al., KDD 2023).
+
+- :func:`shrink_update`: the rule itself, one pure function -- scale an update so that no
+  coordinate moves further than ``lambda_abs + sum_j lambda_j |reference_j|`` (per variable, or
+  per row), returning the clipping factor and the update-to-bound ratio too.
+- :class:`ClippyAdagrad`: Adagrad with the rule inside its step; a drop-in for TFRS's
+  ``ClippyAdagrad`` that also runs under Keras 3.
+- :class:`Clippy`: the rule around any Keras optimizer (``Clippy(keras.optimizers.Adam())``).
+- :func:`clipping_statistics`: the last step's clipping factor, update-to-bound ratio, gradient
+  norm and weight norm of every variable, for any of them (also inside a ``LossScaleOptimizer``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tfsmooth.optimizers._statistics import STATISTICS
+from tfsmooth.optimizers.clipping import ShrunkUpdate, shrink_update
+from tfsmooth.optimizers.clippy import Clippy
+from tfsmooth.optimizers.clippy_adagrad import ClippyAdagrad, clippy_adagrad_step
+
+
+def find_clippy(optimizer: Any):
+    """The Clippy optimizer inside ``optimizer`` (itself, or wrapped by a LossScaleOptimizer).
+
+    Returns ``None`` when there is none.
+    """
+    seen = 0
+    while optimizer is not None and seen < 8:
+        if isinstance(optimizer, (ClippyAdagrad, Clippy)):
+            return optimizer
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+        seen += 1
+    return None
+
+
+def clipping_statistics(optimizer: Any) -> dict[str, dict[str, float]]:
+    """The last step's statistics of every variable, from a Clippy optimizer (or one wrapping it).
+
+    Args:
+        optimizer: a :class:`ClippyAdagrad` or :class:`Clippy`, possibly inside a
+            ``LossScaleOptimizer``, or any other optimizer (which gives ``{}``).
+
+    Returns:
+        ``{variable_path: {"clipping_factor", "update_ratio", "gradient_norm",
+        "variable_norm"}}``, read to the host; ``{}`` when the optimizer records nothing.
+    """
+    clippy = find_clippy(optimizer)
+    return {} if clippy is None else clippy.clipping_statistics()
+
+
+__all__ = [
+    "STATISTICS",
+    "Clippy",
+    "ClippyAdagrad",
+    "ShrunkUpdate",
+    "clipping_statistics",
+    "clippy_adagrad_step",
+    "find_clippy",
+    "shrink_update",
+]

@@ -1,0 +1,368 @@
+"""ClippyAdagrad against a numpy Algorithm 1 / TFRS-variant reference, TFRS itself, and restarts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import requires_tfrs
+from helpers import assert_config_roundtrip
+from test_optimizers_clipping import numpy_shrink
+
+from tfsmooth._keras import IS_KERAS_3, keras
+from tfsmooth.optimizers import ClippyAdagrad, clipping_statistics
+
+SHAPE, TABLE = (5, 3), (12, 3)
+
+
+def numpy_clippy_adagrad(variables, steps, *, learning_rate, **config):
+    """Algorithm 1 of Tang et al. (``use_standard_accumulator_update=True``) and TFRS's variant,
+    in float64. ``steps``: per step, per variable, a dense gradient or ``(indices, values)``."""
+    rel = config.get("variable_relative_threshold", 0.1)
+    acc_rel = config.get("accumulator_relative_threshold", 0.0)
+    absolute = config.get("absolute_threshold", 1e-3)
+    eps = config.get("epsilon", 1e-7)
+    standard = config.get("use_standard_accumulator_update", False)
+    clip_acc = config.get("clip_accumulator_update", False)
+    row = config.get("granularity", "variable") == "row"
+    weights = [np.array(v, np.float64) for v in variables]
+    accumulators = [
+        np.full(v.shape, config.get("initial_accumulator_value", 0.1)) for v in variables
+    ]
+    factors = []
+    for t, gradients in enumerate(steps):
+        lr = learning_rate(t) if callable(learning_rate) else learning_rate
+        step_factors = []
+        for w, acc, g in zip(weights, accumulators, gradients):
+            if isinstance(g, tuple):  # sparse: sum repeated rows first
+                unique, positions = np.unique(g[0], return_inverse=True)
+                values = np.zeros((len(unique), *w.shape[1:]))
+                np.add.at(values, positions, g[1])
+                rows, per_row = unique, row
+            else:
+                values, rows, per_row = np.asarray(g, np.float64), slice(None), False
+            square = values**2
+            used = acc[rows] + square if standard else acc[rows]
+            precondition = 1.0 / np.sqrt(used + eps)
+            delta = lr * values * precondition
+            shrunk, factor, _ = numpy_shrink(
+                delta, [w[rows], precondition], [rel, acc_rel], absolute, per_row
+            )
+            if clip_acc:
+                scale = factor.reshape(factor.shape + (1,) * (values.ndim - factor.ndim))
+                square = (values * scale) ** 2
+            acc[rows] += square
+            w[rows] -= shrunk
+            step_factors.append(float(np.min(factor)))
+        factors.append(step_factors)
+    return weights, accumulators, factors
+
+
+def make_steps(rng, count, duplicates=True):
+    steps = []
+    for _ in range(count):
+        dense = rng.normal(size=SHAPE) * 10 ** rng.uniform(-2, 1)
+        indices = rng.integers(0, TABLE[0], size=6 if duplicates else 4)
+        if not duplicates:
+            indices = rng.choice(TABLE[0], size=4, replace=False)
+        values = rng.normal(size=(len(indices), TABLE[1])) * 10 ** rng.uniform(-2, 1)
+        bias = rng.normal(size=SHAPE[1])
+        steps.append([dense, (indices, values), bias])
+    return steps
+
+
+def initial_values(rng):
+    return [
+        rng.normal(size=SHAPE),
+        rng.normal(size=TABLE) * 0.05,
+        np.zeros(SHAPE[1]),  # a zero-initialised bias
+    ]
+
+
+def run_steps(optimizer, initial, steps, dtype="float32"):
+    variables = [tf.Variable(np.asarray(v, dtype)) for v in initial]
+
+    @tf.function
+    def apply(dense, indices, values, bias):
+        sparse = tf.IndexedSlices(values, indices, tf.constant(TABLE, tf.int64))
+        optimizer.apply_gradients(zip([dense, sparse, bias], variables))
+
+    for dense, (indices, values), bias in steps:
+        apply(
+            tf.constant(dense, dtype),
+            tf.constant(indices, tf.int32),
+            tf.constant(values, dtype),
+            tf.constant(bias, dtype),
+        )
+    return [v.numpy() for v in variables]
+
+
+CONFIGS = [
+    {},
+    {"use_standard_accumulator_update": True, "absolute_threshold": 1e-2},  # Algorithm 1's order
+    {"clip_accumulator_update": True, "accumulator_relative_threshold": 0.01},
+    {"granularity": "row", "variable_relative_threshold": 0.05, "absolute_threshold": 0.0},
+    {"initial_accumulator_value": 0.0, "epsilon": 1e-3, "use_standard_accumulator_update": True},
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_matches_numpy_reference_dense_and_sparse(config, rng):
+    initial, steps = initial_values(rng), make_steps(rng, 15)
+    optimizer = ClippyAdagrad(learning_rate=0.3, **config)
+    got = run_steps(optimizer, initial, steps)
+    expected, accumulators, factors = numpy_clippy_adagrad(
+        initial, steps, learning_rate=0.3, **config
+    )
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    for a, b in zip(optimizer._accumulators, accumulators):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        [float(f) for f in optimizer.clipping_factors], factors[-1], rtol=1e-4
+    )
+
+
+def test_float64_variables_match_tightly(rng):
+    initial, steps = initial_values(rng), make_steps(rng, 10)
+    # 0.25 is exact in the float32 learning-rate variable.
+    got = run_steps(ClippyAdagrad(learning_rate=0.25), initial, steps, dtype="float64")
+    expected, _, _ = numpy_clippy_adagrad(initial, steps, learning_rate=0.25)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
+
+
+def test_learning_rate_schedule(rng):
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.5, decay_steps=3, decay_rate=0.5)
+    initial, steps = initial_values(rng), make_steps(rng, 8)
+    got = run_steps(ClippyAdagrad(learning_rate=schedule), initial, steps)
+    expected, _, _ = numpy_clippy_adagrad(
+        initial, steps, learning_rate=lambda t: 0.5 * 0.5 ** (t / 3)
+    )
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    assert_config_roundtrip(ClippyAdagrad(learning_rate=schedule, absolute_threshold=0.01))
+
+
+def test_per_row_clipping_spares_the_other_rows():
+    table = tf.Variable(np.ones((4, 2), np.float32))
+    gradient = tf.IndexedSlices(
+        tf.constant([[0.01, 0.01], [100.0, 100.0], [0.01, -0.01]]), tf.constant([0, 1, 3])
+    )
+    updates = {}
+    for granularity in ("variable", "row"):
+        table.assign(np.ones((4, 2), np.float32))
+        optimizer = ClippyAdagrad(learning_rate=0.1, granularity=granularity)
+        optimizer.apply_gradients([(gradient, table)])
+        updates[granularity] = 1.0 - table.numpy()
+    plain = 0.1 * 0.01 / math.sqrt(0.1 + 1e-7)  # Adagrad's unclipped step for the small rows
+    np.testing.assert_allclose(np.abs(updates["row"][[0, 3]]), plain, rtol=1e-5)
+    assert np.all(np.abs(updates["variable"][[0, 3]]) < 0.01 * plain)
+    np.testing.assert_allclose(np.abs(updates["row"][1]), 0.1 * 1.0 + 1e-3, rtol=1e-5)
+    assert np.all(updates["row"][2] == 0)
+
+
+@pytest.mark.skipif(not IS_KERAS_3, reason="tf-keras deduplicates before the optimizer sees them")
+def test_repeated_sparse_rows_are_summed_under_keras_3():
+    table = tf.Variable(np.ones((3, 2), np.float32))
+    repeated = tf.IndexedSlices(tf.constant([[1.0, 2.0], [3.0, -1.0]]), tf.constant([1, 1]))
+    ClippyAdagrad(learning_rate=0.1, absolute_threshold=1.0).apply_gradients([(repeated, table)])
+    reference = tf.Variable(np.ones((3, 2), np.float32))
+    summed = tf.IndexedSlices(tf.constant([[4.0, 1.0]]), tf.constant([1]))
+    ClippyAdagrad(learning_rate=0.1, absolute_threshold=1.0).apply_gradients([(summed, reference)])
+    np.testing.assert_allclose(table.numpy(), reference.numpy(), rtol=1e-6)
+
+
+def test_zero_initialised_bias_trains_with_the_defaults():
+    """TFRS's absolute_threshold=1e-7 pins a zero bias (and its layer's sigma) near 0."""
+    moved = {}
+    for absolute in (1e-7, ClippyAdagrad().absolute_threshold):
+        bias = tf.Variable(tf.zeros([4]))
+        kernel = tf.Variable(tf.ones([3, 4]))
+        optimizer = ClippyAdagrad(learning_rate=0.1, absolute_threshold=absolute)
+        for _ in range(20):
+            optimizer.apply_gradients([(tf.fill([4], 0.5), bias), (tf.fill([3, 4], 0.5), kernel)])
+        moved[absolute] = float(tf.reduce_max(tf.abs(bias)))
+    assert moved[1e-7] < 1e-5
+    assert moved[ClippyAdagrad().absolute_threshold] > 1e-2
+
+
+@requires_tfrs
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"use_standard_accumulator_update": True, "initial_accumulator_value": 0.0},
+        {"clip_accumulator_update": True, "accumulator_relative_threshold": 0.01},
+        {"variable_relative_threshold": 0.3, "absolute_threshold": 0.0, "epsilon": 0.0},
+    ],
+)
+def test_same_weights_as_tfrs_after_100_steps(config, rng):
+    import tensorflow_recommenders as tfrs
+
+    arguments = {
+        "learning_rate": 0.2,
+        "initial_accumulator_value": 0.1,
+        "variable_relative_threshold": 0.1,
+        "accumulator_relative_threshold": 0.0,
+        "absolute_threshold": 1e-7,
+        "epsilon": 1e-7,
+        "export_clipping_factors": True,
+        "clip_accumulator_update": False,
+        "use_standard_accumulator_update": False,
+    }
+    arguments.update(config)
+    initial, steps = initial_values(rng), make_steps(rng, 100)
+    ours = ClippyAdagrad(**arguments)
+    theirs = tfrs.experimental.optimizers.ClippyAdagrad(**arguments)
+    got, expected = run_steps(ours, initial, steps), run_steps(theirs, initial, steps)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        [float(f) for f in ours.clipping_factors],
+        [float(f) for f in theirs.clipping_factors],
+        rtol=1e-6,
+    )
+
+
+def test_config_round_trips_every_argument():
+    optimizer = ClippyAdagrad(
+        learning_rate=0.2,
+        initial_accumulator_value=0.3,
+        variable_relative_threshold=0.4,
+        accumulator_relative_threshold=0.05,
+        absolute_threshold=0.006,
+        epsilon=1e-5,
+        export_clipping_factors=False,
+        clip_accumulator_update=False,
+        use_standard_accumulator_update=True,
+        granularity="row",
+        name="clippy",
+        global_clipnorm=2.0,
+        weight_decay=0.01,
+    )
+    assert_config_roundtrip(optimizer)
+    config = optimizer.get_config()
+    assert config["use_standard_accumulator_update"] is True  # the flag TFRS drops
+    assert config["granularity"] == "row" and config["global_clipnorm"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"learning_rate": 0.0}, ValueError, "learning_rate=0.0"),
+        ({"learning_rate": "fast"}, ValueError, "learning_rate='fast'"),
+        ({"initial_accumulator_value": -1.0}, ValueError, "initial_accumulator_value=-1.0"),
+        ({"variable_relative_threshold": math.nan}, ValueError, "variable_relative_threshold"),
+        ({"absolute_threshold": -1e-3}, ValueError, "absolute_threshold=-0.001"),
+        ({"epsilon": math.inf}, ValueError, "epsilon=inf"),
+        ({"export_clipping_factors": 1}, TypeError, "export_clipping_factors=1"),
+        ({"granularity": "layer"}, ValueError, "granularity='layer'"),
+        (
+            {"clip_accumulator_update": True, "use_standard_accumulator_update": True},
+            ValueError,
+            "cannot both be True",
+        ),
+        ({"initial_accumulator_value": 0.0, "epsilon": 0.0}, ValueError, "divide by zero"),
+        ({"variable_relative_threshold": 0.0, "absolute_threshold": 0.0}, ValueError, "> 0"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ClippyAdagrad(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training with fit, saving and restarting.
+
+
+def make_data(rng, n=96):
+    users = rng.integers(0, 20, size=n).astype("int32")
+    features = rng.normal(size=(n, 3)).astype("float32")
+    labels = (features.sum(1, keepdims=True) + 0.1 * (users[:, None] % 3)).astype("float32")
+    return {"user": users, "features": features}, labels
+
+
+def make_model(seed=0):
+    user = keras.Input(shape=(), dtype="int32", name="user")
+    features = keras.Input(shape=(3,), name="features")
+    embedded = keras.layers.Embedding(
+        20, 4, embeddings_initializer=keras.initializers.RandomUniform(seed=seed), name="embedding"
+    )(user)
+    x = keras.layers.Concatenate()([embedded, features])
+    x = keras.layers.Dense(
+        8, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1)
+    )(x)
+    out = keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2))(
+        x
+    )
+    return keras.Model({"user": user, "features": features}, out)
+
+
+def fit(model, data, steps, batch_size=16):
+    x, y = data
+    count = steps * batch_size
+    x = {k: v[:count] for k, v in x.items()}
+    model.fit(x, y[:count], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+
+
+def compiled(optimizer, seed=0):
+    model = make_model(seed)
+    model.compile(optimizer=optimizer, loss="mse")
+    return model
+
+
+def assert_same_state(a, b):
+    for x, y in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(a.optimizer.variables, b.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+OPTIMIZER = {"learning_rate": 0.3, "granularity": "row", "absolute_threshold": 0.01}
+
+
+def test_checkpoint_restart_continues_exactly(rng, tmp_path):
+    data = make_data(rng)
+    straight = compiled(ClippyAdagrad(**OPTIMIZER))
+    fit(straight, data, 3)
+    first = compiled(ClippyAdagrad(**OPTIMIZER))
+    fit(first, (data[0], data[1]), 2)  # N = 2 steps ...
+    path = tf.train.Checkpoint(model=first, optimizer=first.optimizer).save(str(tmp_path / "ckpt"))
+    resumed = compiled(ClippyAdagrad(**OPTIMIZER), seed=5)  # other initial weights
+    tf.train.Checkpoint(model=resumed, optimizer=resumed.optimizer).restore(path)
+    rest = ({k: v[32:] for k, v in data[0].items()}, data[1][32:])
+    fit(resumed, rest, 1)  # ... then M = 1 more
+    assert int(resumed.optimizer.iterations) == 3
+    assert_same_state(straight, resumed)
+
+
+def test_keras_file_round_trip_continues_exactly(rng, tmp_path):
+    data = make_data(rng)
+    straight = compiled(ClippyAdagrad(**OPTIMIZER))
+    fit(straight, data, 3)
+    first = compiled(ClippyAdagrad(**OPTIMIZER))
+    fit(first, data, 2)
+    first.save(tmp_path / "model.keras")
+    resumed = keras.models.load_model(tmp_path / "model.keras")
+    assert isinstance(resumed.optimizer, ClippyAdagrad)
+    assert resumed.optimizer.get_config() == first.optimizer.get_config()
+    assert clipping_statistics(resumed.optimizer) == clipping_statistics(first.optimizer)
+    rest = ({k: v[32:] for k, v in data[0].items()}, data[1][32:])
+    fit(resumed, rest, 1)
+    assert_same_state(straight, resumed)
+
+
+@pytest.mark.skipif(not IS_KERAS_3, reason="Keras 3 compiles fit with XLA; tf-keras does not")
+def test_xla_compiled_fit_matches_graph_fit(rng):
+    data = make_data(rng)
+    results = []
+    for jit in (False, True):
+        model = make_model()
+        model.compile(optimizer=ClippyAdagrad(**OPTIMIZER), loss="mse", jit_compile=jit)
+        fit(model, data, 4)
+        results.append(model.get_weights())
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,198 @@
+"""Clippy(optimizer): the Clippy rule around any Keras optimizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from tfsmooth import _keras
+from tfsmooth.optimizers import _statistics
+from tfsmooth.optimizers.clipping import _shrink
+
+__all__ = ["Clippy"]
+
+
+@_keras.register_serializable
+class Clippy(_statistics.ClippingStatisticsMixin, _keras.OptimizerWrapperBase):
+    """Wraps any Keras optimizer and shrinks each variable's update by the Clippy rule.
+
+    The inner optimizer (Adam, SGD, Adagrad, ...) takes its step as usual -- its own gradient
+    clipping, weight decay, state and iteration count unchanged -- and its move ``u = w' - w`` of
+    each variable is then scaled by
+
+    .. math::
+
+        \\sigma = \\min\\left(1, \\min_i \\frac{\\lambda_{rel} |w_i| + \\lambda_{abs}}{|u_i|}\\right),
+        \\qquad w \\leftarrow w + \\sigma u,
+
+    so no coordinate moves further than ``lambda_rel |w_i| + lambda_abs`` in one step (Tang et al.,
+    2023, with the inner optimizer's step in place of Adagrad's). Where no clipping is needed the
+    weights are exactly the inner optimizer's. The inner optimizer's state (momenta,
+    accumulators) is updated with the unclipped gradient, as TFRS's ClippyAdagrad does by default.
+
+    It works under mixed precision (``LossScaleOptimizer`` wrapping it, which
+    ``model.compile`` does under a ``mixed_float16`` policy, or wrapped by it) and under
+    ``tf.distribute`` strategies, and serializes together with its inner optimizer.
+
+    Cost: the rule needs the whole move of each variable, so each step reads every updated
+    variable once before and once after the inner step (dense, even for sparse gradients, because
+    an inner optimizer with momentum moves rows it did not look up). For Adagrad with sparse
+    embedding tables, :class:`~tfsmooth.optimizers.ClippyAdagrad` is cheaper: the rule is inside its
+    step and stays sparse.
+
+    Args:
+        optimizer: the inner optimizer: an instance, or anything ``keras.optimizers.get``
+            accepts (``"adam"``, a config dict).
+        variable_relative_threshold: ``lambda_rel >= 0``.
+        absolute_threshold: ``lambda_abs >= 0``; keep it ``> 0`` so weights at zero can move.
+        granularity: ``"variable"`` (one ``sigma`` per variable, the paper) or ``"row"`` (one per
+            row for variables with sparse gradients: embedding tables).
+        export_clipping_factors: record each variable's clipping factor, update-to-bound ratio,
+            gradient norm and weight norm in every step (``clipping_factors``,
+            :meth:`clipping_statistics`).
+        name: the optimizer's name.
+
+    Raises:
+        ValueError: for a negative or non-finite threshold, both thresholds 0, an unknown
+            granularity or an optimizer Keras does not know.
+        TypeError: for a non-boolean flag.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from tfsmooth.optimizers import Clippy
+    >>> model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(1)])
+    >>> model.compile(optimizer=Clippy(tf.keras.optimizers.Adam(1e-3)), loss="mse")
+
+    References:
+        - [Tang et al. (2023)](https://arxiv.org/abs/2302.09178)
+    """
+
+    def __init__(
+        self,
+        optimizer: Any,
+        variable_relative_threshold: float = 0.1,
+        absolute_threshold: float = 1e-3,
+        granularity: str = "variable",
+        export_clipping_factors: bool = True,
+        name: str = "Clippy",
+    ):
+        relative = _statistics.check_threshold(
+            "variable_relative_threshold", variable_relative_threshold
+        )
+        absolute = _statistics.check_threshold("absolute_threshold", absolute_threshold)
+        _statistics.check_bound(relative, absolute)
+        granularity = _statistics.check_granularity(granularity)
+        export = _statistics.check_bool("export_clipping_factors", export_clipping_factors)
+        inner = _keras.keras.optimizers.get(optimizer)
+        if not isinstance(inner, _keras.keras.optimizers.Optimizer):
+            raise TypeError(
+                "`optimizer` must be a Keras optimizer. "
+                f"Received: optimizer of type {type(optimizer).__name__}"
+            )
+        super().__init__(inner, name=name)
+        self.variable_relative_threshold = relative
+        self.absolute_threshold = absolute
+        self.granularity = granularity
+        self.export_clipping_factors = export
+
+    def build_state(self, variables: list) -> None:
+        if self.export_clipping_factors:
+            self.build_statistics(variables)
+
+    def before_apply(self, gradients: list, variables: list) -> list:
+        # The values before the step (copy-on-write keeps them when the inner step assigns).
+        return [
+            None if g is None else tf.identity(_keras.native_variable(v))
+            for g, v in zip(gradients, variables)
+        ]
+
+    def after_apply(self, gradients: list, variables: list, before: list, aggregated: bool):
+        kept = [i for i, g in enumerate(gradients) if g is not None]
+        if not kept:
+            return
+        gradients = [gradients[i] for i in kept]
+        natives = [_keras.native_variable(variables[i]) for i in kept]
+        before = [before[i] for i in kept]
+        constraints = [getattr(variables[i], "constraint", None) for i in kept]
+        indices = [self.variable_index(variables[i]) for i in kept]
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._clip_all,
+            tf.distribute.get_strategy(),
+            gradients,
+            natives,
+            before,
+            constraints,
+            indices,
+            aggregated,
+        )
+
+    def _clip_all(
+        self, distribution, gradients, variables, before, constraints, indices, aggregated
+    ):
+        if (
+            self.export_clipping_factors
+            and not aggregated
+            and distribution.num_replicas_in_sync > 1
+        ):
+            gradients = distribution.extended.batch_reduce_to(
+                tf.distribute.ReduceOp.SUM, list(zip(gradients, variables))
+            )
+        for gradient, variable, old, constraint, index in zip(
+            gradients, variables, before, constraints, indices
+        ):
+            distribution.extended.update(
+                variable,
+                self._clip_variable,
+                args=(old, gradient, constraint, index),
+                group=False,
+            )
+
+    def _clip_variable(self, variable, old, gradient, constraint, index):
+        new = variable.value()
+        move = new - old
+        per_row = self.granularity == "row" and isinstance(gradient, tf.IndexedSlices)
+        shrunk = _shrink(
+            move, [old], [self.variable_relative_threshold], self.absolute_threshold, per_row
+        )
+        factor = tf.cast(shrunk.factor, move.dtype)
+        if per_row and move.shape.rank is not None and move.shape.rank > 1:
+            factor = tf.reshape(factor, [-1] + [1] * (move.shape.rank - 1))
+        # w' - (1 - sigma) u: exactly the inner optimizer's w' wherever sigma = 1.
+        variable.assign_sub((1.0 - factor) * move)
+        if constraint is not None:
+            variable.assign(constraint(variable))
+        if self.export_clipping_factors:
+            values = gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
+            values = tf.cast(values, move.dtype)
+            scale = getattr(self.inner_optimizer, "loss_scale_factor", None)
+            if scale:
+                values = values / scale
+            self.record_statistics(
+                index,
+                shrunk.factor,
+                shrunk.ratio,
+                tf.reduce_sum(values * values),
+                tf.reduce_sum(old * old),
+            )
+
+    def get_config(self) -> dict:
+        return _statistics.to_python(
+            {
+                "name": self.name,
+                "optimizer": _keras.keras.optimizers.serialize(self.inner_optimizer),
+                "variable_relative_threshold": self.variable_relative_threshold,
+                "absolute_threshold": self.absolute_threshold,
+                "granularity": self.granularity,
+                "export_clipping_factors": self.export_clipping_factors,
+            }
+        )
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects: dict | None = None) -> Clippy:
+        config = dict(config)
+        inner = _keras.keras.optimizers.deserialize(
+            config.pop("optimizer"), custom_objects=custom_objects
+        )
+        return cls(inner, **config)
