@@ -198,7 +198,7 @@ def test_sparse_losses_train_under_mirrored_strategy(rng, strategy, which):
             else SampledSoftmaxCrossEntropy(table, num_sampled=64)
         )
         model.compile(keras.optimizers.Adam(0.05), loss=loss)
-    history = model.fit(user_ids, item_ids, batch_size=64, epochs=4, verbose=0)
+    history = model.fit(user_ids, item_ids, batch_size=128, epochs=4, verbose=0)
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]
 

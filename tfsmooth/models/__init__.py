@@ -12,10 +12,12 @@ from tfsmooth.models.ranking import (
     ranking_losses,
     ranking_metrics,
 )
+from tfsmooth.models.sasrec import SASRec
 
 __all__ = [
     "ACTIVATIONS",
     "TASKS",
+    "SASRec",
     "build_ranking_model",
     "make_activation",
     "ranking_losses",
