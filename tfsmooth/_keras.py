@@ -102,7 +102,7 @@ def variable_path(variable: Any) -> str:
     return name[:-2] if name.endswith(":0") else name
 
 
-def _deduplicate(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
+def deduplicate_sparse(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
     """Sums the rows of repeated indices, as tf-keras does before every sparse update."""
     indices, positions = tf.unique(gradient.indices)
     values = tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(indices)[0])
@@ -181,7 +181,7 @@ class OptimizerBase(keras.optimizers.Optimizer):
 
         def update_step(self, gradient, variable, learning_rate):
             if isinstance(gradient, tf.IndexedSlices):
-                gradient = _deduplicate(gradient)
+                gradient = deduplicate_sparse(gradient)
             self.apply_update(gradient, variable, learning_rate)
 
     else:

@@ -68,7 +68,12 @@ class ClippingStatisticsMixin:
     export_clipping_factors: bool
 
     def build_statistics(self, variables: list) -> None:
-        self._statistic_paths = tuple(_keras.variable_path(v) for v in variables)
+        paths, seen = [], {}
+        for variable in variables:  # unique keys, even for unnamed tf.Variables
+            path = _keras.variable_path(variable)
+            seen[path] = seen.get(path, 0) + 1
+            paths.append(path if seen[path] == 1 else f"{path}_{seen[path] - 1}")
+        self._statistic_paths = tuple(paths)
         self._statistics = [
             self.add_state(v, "clippy_statistics", shape=(len(STATISTICS),)) for v in variables
         ]

@@ -164,7 +164,10 @@ class Clippy(_statistics.ClippingStatisticsMixin, _keras.OptimizerWrapperBase):
         if constraint is not None:
             variable.assign(constraint(variable))
         if self.export_clipping_factors:
-            values = gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
+            if isinstance(gradient, tf.IndexedSlices):  # repeated rows add up
+                values = _keras.deduplicate_sparse(gradient).values
+            else:
+                values = gradient
             values = tf.cast(values, move.dtype)
             scale = getattr(self.inner_optimizer, "loss_scale_factor", None)
             if scale:

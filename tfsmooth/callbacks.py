@@ -1,0 +1,567 @@
+"""StabilityMonitor: watch training for divergence, log the early-warning signals, roll back.
+
+Tang et al. (KDD 2023) describe how multitask ranking models diverge: loss spikes that recover
+(micro-divergence) or that never do (divergence, AUC at 0.5 for good). At the onset the gradient
+norm jumps; Clippy's update-to-bound ratio ``max_i |u_i| / (lambda_rel |w_i| + lambda_abs)`` jumps
+by orders of magnitude while ``|g| / |w|`` barely moves; bottom layers move first.
+
+References:
+    - [Tang et al. Improving training stability for multitask ranking models in recommender
+      systems (KDD 2023)](https://arxiv.org/abs/2302.09178)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections import deque
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfsmooth import _keras
+from tfsmooth._keras import keras, register_serializable
+
+__all__ = ["StabilityMonitor"]
+
+_LOSS_MODES = ("epoch_mean", "batch")
+
+
+def _check_number(name: str, value: Any, *, minimum: float, strict: bool = False) -> float:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number. Received: {name}={value!r}")
+    if value < minimum or (strict and value == minimum):
+        sign = ">" if strict else ">="
+        raise ValueError(f"`{name}` must be {sign} {minimum:g}. Received: {name}={value!r}")
+    return float(value)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+    return int(value)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    return value
+
+
+def _layer_of(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else path
+
+
+@register_serializable
+class StabilityMonitor(keras.callbacks.Callback):
+    """Detects divergence as it starts, logs its early-warning signals and rolls training back.
+
+    Every batch it takes the batch's loss and compares it with a running average (an
+    exponential moving average of the healthy batches). A loss above ``spike_factor`` times the
+    average is a *spike*; ``spike_patience`` spikes in a row, or one NaN/Inf loss, is a
+    *divergence*. On divergence it stops training (``stop_on_divergence``) and puts back the last
+    good weights **and** optimizer state (``restore_on_divergence``: accumulators, momenta,
+    iteration count, clipping statistics), so nothing learned before the onset is lost, and it
+    reports which layer moved first (:attr:`divergence`).
+
+    Per-layer signals, every ``log_every`` batches, from the real training step (no extra forward
+    or backward pass):
+
+    - with a Clippy optimizer (:class:`~tfsmooth.optimizers.ClippyAdagrad`,
+      :class:`~tfsmooth.optimizers.Clippy`, also inside a ``LossScaleOptimizer``), recorded by the
+      optimizer in the step itself: gradient norm ``||g||``, ``||g|| / ||w||``, Clippy's
+      update-to-bound ratio (the max over the layer's variables) and clipping factor (the min);
+    - with any other optimizer the callback sees weights, not gradients: it logs each layer's
+      update norm ``||dw||`` and ``||dw|| / ||w||`` (for SGD ``||dw|| = lr ||g||``), reading the
+      weights before and after the logged batches (one extra read of the weights per logged
+      batch; raise ``log_every`` for very large tables).
+
+    "Which layer moved first": each layer's signal (update-to-bound ratio, or ``||dw|| / ||w||``)
+    has its own running average; the layer whose signal first rose above ``layer_factor`` times
+    its average in the run-up to the divergence is reported, with the step of that onset.
+
+    Logs: the epoch logs (so ``History`` and a later ``keras.callbacks.TensorBoard``) get
+    ``loss_average``, ``loss_spikes`` (spikes this epoch), ``nonfinite_losses`` and, over the
+    epoch's logged batches, ``gradient_norm`` and ``grad_to_weight`` (max over layers),
+    ``update_ratio`` (max) and ``clipping_factor`` (min) -- or ``update_norm`` and
+    ``update_to_weight`` for plain optimizers; per layer as ``signal/layer`` with
+    ``log_layers=True``. With ``log_dir`` every logged batch is also written to TensorBoard, per
+    layer. :attr:`history` keeps every logged batch.
+
+    Args:
+        spike_factor: ``k``: a batch loss above ``k`` times the running average is a spike.
+        spike_patience: ``m``: this many spikes in a row are a divergence.
+        average_decay: decay of the loss's moving average (``0.98``: about the last 50 batches).
+        warmup_steps: batches before spikes count (the average settles first).
+        layer_factor: a layer's signal above this many times its own average marks its onset.
+        stop_on_divergence: stop training on divergence.
+        restore_on_divergence: put back the last good weights and optimizer state.
+        snapshot_every: batches between snapshots of weights and optimizer state (host copies;
+            the last good one is restored).
+        log_every: batches between per-layer readings.
+        log_dir: write per-batch scalars to TensorBoard under this directory (``None``: don't).
+        log_layers: also put per-layer values in the epoch logs (History).
+        loss_in_logs: ``"epoch_mean"`` -- Keras' built-in ``fit`` reports the mean loss since the
+            epoch began, from which the monitor recovers each batch's own loss (assuming equal
+            batch sizes, as in ``fit``); ``"batch"`` -- a custom ``train_step`` that returns the
+            batch's own loss (e.g. TFRS models).
+        verbose: print divergences and restores.
+
+    Raises:
+        ValueError: for out-of-range numbers or an unknown ``loss_in_logs``.
+        TypeError: for non-boolean flags.
+
+    Example:
+
+    >>> from tfsmooth.callbacks import StabilityMonitor
+    >>> monitor = StabilityMonitor(spike_factor=3.0, spike_patience=5, log_dir="logs")
+    >>> # model.fit(data, epochs=3, callbacks=[monitor, tf.keras.callbacks.TensorBoard("logs")])
+    >>> # monitor.divergence -> None, or {"step", "reason", "first_layer", "restored_step", ...}
+
+    References:
+        - [Tang et al. (2023)](https://arxiv.org/abs/2302.09178)
+    """
+
+    def __init__(
+        self,
+        spike_factor: float = 3.0,
+        spike_patience: int = 5,
+        average_decay: float = 0.98,
+        warmup_steps: int = 20,
+        layer_factor: float = 10.0,
+        stop_on_divergence: bool = True,
+        restore_on_divergence: bool = True,
+        snapshot_every: int = 50,
+        log_every: int = 1,
+        log_dir: str | None = None,
+        log_layers: bool = False,
+        loss_in_logs: str = "epoch_mean",
+        verbose: int = 1,
+    ):
+        super().__init__()
+        self.spike_factor = _check_number("spike_factor", spike_factor, minimum=1.0, strict=True)
+        self.spike_patience = _check_int("spike_patience", spike_patience, 1)
+        self.average_decay = _check_number("average_decay", average_decay, minimum=0.0)
+        if self.average_decay >= 1.0:
+            raise ValueError(
+                f"`average_decay` must be < 1. Received: average_decay={average_decay!r}"
+            )
+        self.warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
+        self.layer_factor = _check_number("layer_factor", layer_factor, minimum=1.0, strict=True)
+        self.stop_on_divergence = _check_bool("stop_on_divergence", stop_on_divergence)
+        self.restore_on_divergence = _check_bool("restore_on_divergence", restore_on_divergence)
+        self.snapshot_every = _check_int("snapshot_every", snapshot_every, 1)
+        self.log_every = _check_int("log_every", log_every, 1)
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(f"`log_dir` must be a path or None. Received: log_dir={log_dir!r}")
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self.log_layers = _check_bool("log_layers", log_layers)
+        if loss_in_logs not in _LOSS_MODES:
+            raise ValueError(
+                f"`loss_in_logs` must be one of {list(_LOSS_MODES)}. "
+                f"Received: loss_in_logs={loss_in_logs!r}"
+            )
+        self.loss_in_logs = loss_in_logs
+        self.verbose = _check_int("verbose", verbose, 0)
+        self._reset()
+
+    # ------------------------------------------------------------------------------------------
+    # State.
+
+    def _reset(self) -> None:
+        #: Every logged batch: ``{"step", "loss", "loss_average", "spike", ...signals}``.
+        self.history: list[dict[str, Any]] = []
+        #: ``None``, or what happened at the divergence (see the class docstring).
+        self.divergence: dict[str, Any] | None = None
+        self._step = 0
+        self._average = None
+        self._healthy_steps = 0
+        self._streak = 0
+        self._streak_start = None
+        self._previous_mean = None
+        self._previous_batch = -1
+        self._snapshots: deque = deque(maxlen=3)
+        self._initial_snapshot = None
+        self._before = None
+        self._layer_average: dict[str, float] = {}
+        self._layer_onset: dict[str, tuple[int, float]] = {}
+        self._epoch: dict[str, Any] = {}
+        self._writer = None
+
+    def get_config(self) -> dict:
+        return {
+            "spike_factor": self.spike_factor,
+            "spike_patience": self.spike_patience,
+            "average_decay": self.average_decay,
+            "warmup_steps": self.warmup_steps,
+            "layer_factor": self.layer_factor,
+            "stop_on_divergence": self.stop_on_divergence,
+            "restore_on_divergence": self.restore_on_divergence,
+            "snapshot_every": self.snapshot_every,
+            "log_every": self.log_every,
+            "log_dir": self.log_dir,
+            "log_layers": self.log_layers,
+            "loss_in_logs": self.loss_in_logs,
+            "verbose": self.verbose,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> StabilityMonitor:
+        return cls(**config)
+
+    # ------------------------------------------------------------------------------------------
+    # Keras hooks.
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+        if self.log_dir is not None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "stability"))
+        if self.restore_on_divergence:
+            self._build_optimizer()
+            self._initial_snapshot = self._snapshot(-1)
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._previous_mean = None
+        self._previous_batch = -1
+        self._epoch = {"spikes": 0, "nonfinite": 0, "signals": {}, "epoch": epoch}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._logs_this_step() and self._optimizer_statistics() is None:
+            # A plain optimizer: keep the weights before the step (copy on write, on device).
+            self._before = [tf.identity(_keras.native_variable(v)) for v in self._variables()]
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs if logs is not None else {}
+        loss = self._batch_loss(batch, logs)
+        step = self._step
+        self._step += 1
+        if loss is None:
+            return
+        record = {"step": step, "loss": loss}
+        spike = self._update_loss(loss, step)
+        record.update(loss_average=self._average, spike=spike)
+        if self._logs_this_step(step):
+            signals = self._layer_signals()
+            record.update(self._summarise(signals))
+            self._track_layers(signals, step)
+            self._accumulate_epoch(signals)
+            if self.log_layers or self._writer is not None:
+                record["layers"] = signals
+        self.history.append(record)
+        self._write(record)
+        diverged = not math.isfinite(loss) or self._streak >= self.spike_patience
+        if diverged:
+            self._on_divergence(
+                step, loss, "non-finite loss" if not math.isfinite(loss) else "loss spike"
+            )
+        elif (
+            self.restore_on_divergence
+            and self._streak == 0
+            and (step + 1) % self.snapshot_every == 0
+        ):
+            self._snapshots.append(self._snapshot(step))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["loss_average"] = float(self._average) if self._average is not None else math.nan
+        logs["loss_spikes"] = float(self._epoch.get("spikes", 0))
+        logs["nonfinite_losses"] = float(self._epoch.get("nonfinite", 0))
+        layers = self._epoch.get("signals", {})
+        logs.update(self._epoch_summary(layers))
+        if self.log_layers:
+            for layer, signals in layers.items():
+                for signal, values in signals.items():
+                    reduce = min if signal == "clipping_factor" else max
+                    logs[f"{signal}/{layer}"] = float(reduce(values))
+
+    # ------------------------------------------------------------------------------------------
+    # The loss.
+
+    def _batch_loss(self, batch: int, logs: dict) -> float | None:
+        if "loss" not in logs:
+            return None
+        value = float(np.asarray(logs["loss"]))
+        if self.loss_in_logs == "batch":
+            return value
+        # Keras reports the mean over the epoch's batches so far: undo the running mean.
+        count, previous_count = batch + 1, self._previous_batch + 1
+        previous = self._previous_mean
+        self._previous_mean, self._previous_batch = value, batch
+        if previous is None or previous_count <= 0 or count <= previous_count:
+            return value
+        if not math.isfinite(previous):
+            return previous
+        return (count * value - previous_count * previous) / (count - previous_count)
+
+    def _update_loss(self, loss: float, step: int) -> bool:
+        if not math.isfinite(loss):
+            self._epoch["nonfinite"] = self._epoch.get("nonfinite", 0) + 1
+            self._streak += 1
+            if self._streak_start is None:
+                self._streak_start = step
+            return True
+        spike = (
+            self._average is not None
+            and self._healthy_steps >= self.warmup_steps
+            and self._average > 0
+            and loss > self.spike_factor * self._average
+        )
+        if spike:
+            self._epoch["spikes"] = self._epoch.get("spikes", 0) + 1
+            self._streak += 1
+            if self._streak_start is None:
+                self._streak_start = step
+            return True
+        self._streak, self._streak_start = 0, None
+        self._healthy_steps += 1
+        if self._average is None:
+            self._average = loss
+        else:
+            self._average = self.average_decay * self._average + (1 - self.average_decay) * loss
+        return False
+
+    # ------------------------------------------------------------------------------------------
+    # Per-layer signals.
+
+    def _logs_this_step(self, step: int | None = None) -> bool:
+        step = self._step if step is None else step
+        return step % self.log_every == 0
+
+    def _variables(self) -> list:
+        return list(self.model.trainable_variables)
+
+    def _optimizer_statistics(self) -> dict | None:
+        from tfsmooth.optimizers import find_clippy
+
+        clippy = find_clippy(getattr(self.model, "optimizer", None))
+        if clippy is None or not clippy.export_clipping_factors:
+            return None
+        return clippy.clipping_statistics()
+
+    def _layer_signals(self) -> dict[str, dict[str, float]]:
+        statistics = self._optimizer_statistics()
+        layers: dict[str, dict[str, float]] = {}
+        if statistics:
+            sums: dict[str, list[float]] = {}
+            for path, values in statistics.items():
+                entry = sums.setdefault(_layer_of(path), [0.0, 0.0, 0.0, math.inf])
+                entry[0] += values["gradient_norm"] ** 2
+                entry[1] += values["variable_norm"] ** 2
+                entry[2] = max(entry[2], values["update_ratio"])
+                entry[3] = min(entry[3], values["clipping_factor"])
+            for layer, (gradient, weight, ratio, factor) in sums.items():
+                gradient, weight = math.sqrt(gradient), math.sqrt(weight)
+                layers[layer] = {
+                    "gradient_norm": gradient,
+                    "grad_to_weight": gradient / weight if weight > 0 else math.inf,
+                    "update_ratio": ratio,
+                    "clipping_factor": factor,
+                }
+            return layers
+        if self._before is None:
+            return layers
+        variables = self._variables()
+        moves = [
+            tf.reduce_sum(tf.square(_keras.native_variable(v) - b))
+            for v, b in zip(variables, self._before)
+        ]
+        norms = [tf.reduce_sum(tf.square(b)) for b in self._before]
+        values = np.asarray(tf.stack(moves + norms), dtype=np.float64) if moves else np.zeros(0)
+        count = len(variables)
+        sums = {}
+        for i, variable in enumerate(variables):
+            entry = sums.setdefault(_layer_of(_keras.variable_path(variable)), [0.0, 0.0])
+            entry[0] += values[i]
+            entry[1] += values[count + i]
+        for layer, (move, weight) in sums.items():
+            move, weight = math.sqrt(move), math.sqrt(weight)
+            layers[layer] = {
+                "update_norm": move,
+                "update_to_weight": move / weight if weight > 0 else math.inf,
+            }
+        self._before = None
+        return layers
+
+    @staticmethod
+    def _signal_name(signals: dict[str, float]) -> str:
+        return "update_ratio" if "update_ratio" in signals else "update_to_weight"
+
+    def _summarise(self, layers: dict[str, dict[str, float]]) -> dict[str, float]:
+        summary: dict[str, float] = {}
+        for values in layers.values():
+            for name, value in values.items():
+                if name == "clipping_factor":
+                    summary[name] = min(summary.get(name, math.inf), value)
+                elif name in ("gradient_norm", "update_norm"):
+                    summary[name] = math.sqrt(summary.get(name, 0.0) ** 2 + value**2)
+                else:
+                    summary[name] = max(summary.get(name, -math.inf), value)
+        return summary
+
+    def _track_layers(self, layers: dict[str, dict[str, float]], step: int) -> None:
+        for layer, values in layers.items():
+            signal = values[self._signal_name(values)]
+            average = self._layer_average.get(layer)
+            anomalous = not math.isfinite(signal) or (
+                average is not None
+                and average > 0
+                and self._healthy_steps >= self.warmup_steps
+                and signal > self.layer_factor * average
+            )
+            if anomalous:
+                if layer not in self._layer_onset:
+                    jump = signal / average if average else math.inf
+                    self._layer_onset[layer] = (step, jump)
+                continue
+            self._layer_onset.pop(layer, None)
+            if average is None:
+                self._layer_average[layer] = signal
+            else:
+                decay = self.average_decay
+                self._layer_average[layer] = decay * average + (1 - decay) * signal
+
+    def _accumulate_epoch(self, layers: dict[str, dict[str, float]]) -> None:
+        store = self._epoch.setdefault("signals", {})
+        for layer, values in layers.items():
+            for name, value in values.items():
+                store.setdefault(layer, {}).setdefault(name, []).append(value)
+
+    @staticmethod
+    def _epoch_summary(layers: dict) -> dict[str, float]:
+        """Each signal over the epoch's logged batches and all layers: min of the clipping
+        factor, max of everything else."""
+        summary: dict[str, float] = {}
+        names = {name for signals in layers.values() for name in signals}
+        for name in sorted(names):
+            values = [v for signals in layers.values() for v in signals.get(name, [])]
+            summary[name] = float(min(values) if name == "clipping_factor" else max(values))
+        return summary
+
+    # ------------------------------------------------------------------------------------------
+    # Divergence, snapshots, TensorBoard.
+
+    def _build_optimizer(self) -> None:
+        """Creates the optimizer's state now, so the first snapshot holds all of it."""
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None or getattr(optimizer, "built", getattr(optimizer, "_built", False)):
+            return
+        with self.model.distribute_strategy.scope():
+            optimizer.build(self.model.trainable_variables)
+
+    def _snapshot(self, step: int) -> dict[str, Any]:
+        optimizer = getattr(self.model, "optimizer", None)
+        variables = list(getattr(optimizer, "variables", [])) if optimizer is not None else []
+        return {
+            "step": step,
+            "weights": [np.array(w) for w in self.model.get_weights()],
+            "optimizer": [np.array(v) for v in variables],
+        }
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        self.model.set_weights(snapshot["weights"])
+        optimizer = getattr(self.model, "optimizer", None)
+        variables = list(getattr(optimizer, "variables", [])) if optimizer is not None else []
+        if len(variables) == len(snapshot["optimizer"]):
+            for variable, value in zip(variables, snapshot["optimizer"]):
+                variable.assign(value)
+
+    def _first_layer(self, step: int) -> tuple[str | None, int | None]:
+        if self._layer_onset:
+            layer, (onset, _) = min(
+                self._layer_onset.items(), key=lambda item: (item[1][0], -item[1][1])
+            )
+            return layer, onset
+        last = next((r for r in reversed(self.history) if r.get("layers")), None)
+        if last is None:
+            return None, None
+        best, score = None, -math.inf
+        for layer, values in last["layers"].items():
+            signal = values[self._signal_name(values)]
+            average = self._layer_average.get(layer) or math.nan
+            jump = signal / average if average and math.isfinite(average) else signal
+            if not math.isfinite(jump):
+                jump = math.inf
+            if jump > score:
+                best, score = layer, jump
+        return best, last["step"]
+
+    def _on_divergence(self, step: int, loss: float, reason: str) -> None:
+        onset = self._streak_start if self._streak_start is not None else step
+        layer, layer_step = self._first_layer(step)
+        restored = None
+        if self.restore_on_divergence:
+            # The snapshot after batch t gave the loss of batch t + 1: it is good only if that
+            # batch came before the onset.
+            candidates = [s for s in self._snapshots if s["step"] + 1 < onset]
+            snapshot = candidates[-1] if candidates else self._initial_snapshot
+            if snapshot is not None:
+                self._restore(snapshot)
+                restored = snapshot["step"]
+                self._snapshots = deque(
+                    (s for s in self._snapshots if s["step"] <= restored), maxlen=3
+                )
+        self.divergence = {
+            "step": step,
+            "epoch": self._epoch.get("epoch"),
+            "reason": reason,
+            "loss": loss,
+            "loss_average": self._average,
+            "onset_step": onset,
+            "first_layer": layer,
+            "first_layer_step": layer_step,
+            "layer_onsets": {
+                k: v[0] for k, v in sorted(self._layer_onset.items(), key=lambda i: i[1][0])
+            },
+            "restored_step": restored,
+        }
+        if self.verbose:
+            where = f"; layer '{layer}' moved first (step {layer_step})" if layer else ""
+            back = (
+                f"; restored the weights and optimizer state after step {restored}"
+                if restored is not None and restored >= 0
+                else "; restored the weights and optimizer state from the start of training"
+                if restored is not None
+                else ""
+            )
+            print(
+                f"StabilityMonitor: divergence at step {step} ({reason}, loss {loss:.4g}){where}{back}."
+            )
+        self._streak, self._streak_start = 0, None
+        self._layer_onset = {}
+        self._previous_mean = None
+        if self.stop_on_divergence:
+            self.model.stop_training = True
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._writer is None:
+            return
+        step = record["step"]
+        with self._writer.as_default():
+            for name in ("loss", "loss_average"):
+                if record.get(name) is not None:
+                    _scalar(f"stability/{name}", record[name], step)
+            _scalar("stability/spike", float(record["spike"]), step)
+            for layer, values in record.get("layers", {}).items():
+                for name, value in values.items():
+                    _scalar(f"{name}/{layer}", value, step)
+
+
+def _scalar_metadata():
+    metadata = tf.compat.v1.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    return metadata
+
+
+def _scalar(tag: str, value: float, step: int) -> None:
+    """A TensorBoard scalar, written with TensorFlow alone (``tf.summary.scalar`` needs the
+    tensorboard package; this is what it writes)."""
+    tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=_scalar_metadata())
