@@ -200,7 +200,7 @@ def test_sparse_losses_train_under_mirrored_strategy(rng, strategy, which):
         model.compile(keras.optimizers.Adam(0.05), loss=loss)
     history = model.fit(user_ids, item_ids, batch_size=128, epochs=4, verbose=0)
     losses = history.history["loss"]
-    assert np.all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0]
 
 
 def test_replica_scaling_follows_each_keras_flavour(rng, strategy):
