@@ -79,8 +79,9 @@ class StabilityMonitor(keras.callbacks.Callback):
       batch; raise ``log_every`` for very large tables).
 
     "Which layer moved first": each layer's signal (update-to-bound ratio, or ``||dw|| / ||w||``)
-    has its own running average; the layer whose signal first rose above ``layer_factor`` times
-    its average in the run-up to the divergence is reported, with the step of that onset.
+    is compared with its own baseline, the median of its recent healthy readings (robust to the
+    first steps' transient); the layer whose signal first rose above ``layer_factor`` times its
+    baseline in the run-up to the divergence is reported, with the step of that onset.
 
     Logs: the epoch logs (so ``History`` and a later ``keras.callbacks.TensorBoard``) get
     ``loss_average``, ``loss_spikes`` (spikes this epoch), ``nonfinite_losses`` and, over the
@@ -107,6 +108,7 @@ class StabilityMonitor(keras.callbacks.Callback):
             epoch began, from which the monitor recovers each batch's own loss (assuming equal
             batch sizes, as in ``fit``); ``"batch"`` -- a custom ``train_step`` that returns the
             batch's own loss (e.g. TFRS models).
+        history_size: how many batches :attr:`history` keeps.
         verbose: print divergences and restores.
 
     Raises:
@@ -138,6 +140,7 @@ class StabilityMonitor(keras.callbacks.Callback):
         log_dir: str | None = None,
         log_layers: bool = False,
         loss_in_logs: str = "epoch_mean",
+        history_size: int = 100_000,
         verbose: int = 1,
     ):
         super().__init__()
@@ -164,6 +167,7 @@ class StabilityMonitor(keras.callbacks.Callback):
                 f"Received: loss_in_logs={loss_in_logs!r}"
             )
         self.loss_in_logs = loss_in_logs
+        self.history_size = _check_int("history_size", history_size, 1)
         self.verbose = _check_int("verbose", verbose, 0)
         self._reset()
 
@@ -171,8 +175,10 @@ class StabilityMonitor(keras.callbacks.Callback):
     # State.
 
     def _reset(self) -> None:
-        #: Every logged batch: ``{"step", "loss", "loss_average", "spike", ...signals}``.
-        self.history: list[dict[str, Any]] = []
+        #: The last ``history_size`` batches: ``{"step", "loss", "loss_average", "spike"}`` and,
+        #: on logged batches, the summed-up signals (per layer under ``"layers"`` with
+        #: ``log_layers`` or ``log_dir``).
+        self.history: deque = deque(maxlen=self.history_size)
         #: ``None``, or what happened at the divergence (see the class docstring).
         self.divergence: dict[str, Any] | None = None
         self._step = 0
@@ -185,8 +191,10 @@ class StabilityMonitor(keras.callbacks.Callback):
         self._snapshots: deque = deque(maxlen=3)
         self._initial_snapshot = None
         self._before = None
-        self._layer_average: dict[str, float] = {}
+        self._layer_history: dict[str, deque] = {}
         self._layer_onset: dict[str, tuple[int, float]] = {}
+        self._layer_calm: dict[str, int] = {}
+        self._last_layers: dict[str, dict[str, float]] = {}
         self._epoch: dict[str, Any] = {}
         self._writer = None
 
@@ -204,6 +212,7 @@ class StabilityMonitor(keras.callbacks.Callback):
             "log_dir": self.log_dir,
             "log_layers": self.log_layers,
             "loss_in_logs": self.loss_in_logs,
+            "history_size": self.history_size,
             "verbose": self.verbose,
         }
 
@@ -252,6 +261,7 @@ class StabilityMonitor(keras.callbacks.Callback):
             signals = self._layer_signals()
             record.update(self._summarise(signals))
             self._track_layers(signals, step)
+            self._last_layers = signals
             self._accumulate_epoch(signals)
             if self.log_layers or self._writer is not None:
                 record["layers"] = signals
@@ -407,27 +417,36 @@ class StabilityMonitor(keras.callbacks.Callback):
                     summary[name] = max(summary.get(name, -math.inf), value)
         return summary
 
+    def _layer_baseline(self, layer: str) -> float | None:
+        """The median of the layer's recent healthy signals (robust to the first steps'
+        transient and to single outliers); ``None`` until there are a few."""
+        values = self._layer_history.get(layer)
+        if not values or len(values) < 5:
+            return None
+        return 10.0 ** float(np.median(values))
+
     def _track_layers(self, layers: dict[str, dict[str, float]], step: int) -> None:
+        window = max(5, round(1.0 / (1.0 - self.average_decay)))
         for layer, values in layers.items():
             signal = values[self._signal_name(values)]
-            average = self._layer_average.get(layer)
+            baseline = self._layer_baseline(layer)
+            ready = baseline is not None and self._healthy_steps >= self.warmup_steps
             anomalous = not math.isfinite(signal) or (
-                average is not None
-                and average > 0
-                and self._healthy_steps >= self.warmup_steps
-                and signal > self.layer_factor * average
+                ready and signal > self.layer_factor * baseline
             )
             if anomalous:
+                self._layer_calm[layer] = 0
                 if layer not in self._layer_onset:
-                    jump = signal / average if average else math.inf
+                    jump = signal / baseline if baseline else math.inf
                     self._layer_onset[layer] = (step, jump)
                 continue
-            self._layer_onset.pop(layer, None)
-            if average is None:
-                self._layer_average[layer] = signal
-            else:
-                decay = self.average_decay
-                self._layer_average[layer] = decay * average + (1 - decay) * signal
+            if layer in self._layer_onset:
+                self._layer_calm[layer] = self._layer_calm.get(layer, 0) + 1
+                if self._layer_calm[layer] >= self.spike_patience:
+                    del self._layer_onset[layer]
+            if signal > 0:
+                history = self._layer_history.setdefault(layer, deque(maxlen=window))
+                history.append(math.log10(signal))
 
     def _accumulate_epoch(self, layers: dict[str, dict[str, float]]) -> None:
         store = self._epoch.setdefault("signals", {})
@@ -480,19 +499,18 @@ class StabilityMonitor(keras.callbacks.Callback):
                 self._layer_onset.items(), key=lambda item: (item[1][0], -item[1][1])
             )
             return layer, onset
-        last = next((r for r in reversed(self.history) if r.get("layers")), None)
-        if last is None:
+        if not self._last_layers:
             return None, None
         best, score = None, -math.inf
-        for layer, values in last["layers"].items():
+        for layer, values in self._last_layers.items():
             signal = values[self._signal_name(values)]
-            average = self._layer_average.get(layer) or math.nan
-            jump = signal / average if average and math.isfinite(average) else signal
+            baseline = self._layer_baseline(layer)
+            jump = signal / baseline if baseline else signal
             if not math.isfinite(jump):
                 jump = math.inf
             if jump > score:
                 best, score = layer, jump
-        return best, last["step"]
+        return best, self.history[-1]["step"] if self.history else None
 
     def _on_divergence(self, step: int, loss: float, reason: str) -> None:
         onset = self._streak_start if self._streak_start is not None else step
@@ -536,7 +554,7 @@ class StabilityMonitor(keras.callbacks.Callback):
                 f"StabilityMonitor: divergence at step {step} ({reason}, loss {loss:.4g}){where}{back}."
             )
         self._streak, self._streak_start = 0, None
-        self._layer_onset = {}
+        self._layer_onset, self._layer_calm = {}, {}
         self._previous_mean = None
         if self.stop_on_divergence:
             self.model.stop_training = True
