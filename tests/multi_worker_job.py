@@ -1,4 +1,6 @@
-"""A small retrieval model trained data-parallel; run by tests/test_multi_worker.py.
+"""A small retrieval model trained data-parallel with SmeLU, Scalable Cross-Entropy and ClippyAdagrad.
+
+Run by tests/test_multi_worker.py.
 
 Modes:
   worker  -- one worker of a MultiWorkerMirroredStrategy cluster (TF_CONFIG set by the test);
@@ -22,6 +24,8 @@ import tensorflow as tf
 
 from tfsmooth._keras import keras
 from tfsmooth.layers import SmeLU
+from tfsmooth.losses import scalable_cross_entropy
+from tfsmooth.optimizers import ClippyAdagrad
 
 REPLICAS = 2
 STEPS = 6
@@ -55,15 +59,16 @@ class Retrieval(keras.Model):
     def call(self, users):
         return self.projection(self.activation(self.hidden(self.user_embedding(users))))
 
-    def retrieval_loss(self, users, items):
-        queries = self(users)
-        logits = tf.matmul(queries, self.item_embedding.embeddings, transpose_b=True)
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=items, logits=logits)
-        return tf.reduce_mean(losses)
+    def retrieval_loss(self, users, items, step, replica):
+        # A stateless seed per (step, replica): every mode draws the same bucket centres.
+        seed = tf.stack([tf.cast(step, tf.int64), tf.cast(replica, tf.int64)])
+        return scalable_cross_entropy(
+            self(users), self.item_embedding.embeddings, items, bucket_size_y=32, seed=seed
+        )
 
 
 def make_optimizer():
-    return keras.optimizers.Adagrad(learning_rate=0.1)
+    return ClippyAdagrad(learning_rate=0.5, absolute_threshold=1e-2)
 
 
 def weights_of(model) -> dict:
@@ -79,10 +84,11 @@ def run_worker() -> dict:
         optimizer = make_optimizer()
 
     @tf.function
-    def train_step(users, items):
+    def train_step(users, items, step):
         def replica_step(users, items):
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
             with tf.GradientTape() as tape:
-                loss = model.retrieval_loss(users, items) / REPLICAS
+                loss = model.retrieval_loss(users, items, step, replica) / REPLICAS
             variables = model.trainable_variables
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return loss
@@ -97,7 +103,7 @@ def run_worker() -> dict:
         items = strategy.experimental_distribute_values_from_function(
             lambda ctx, step=step: replica_batch(step, ctx.replica_id_in_sync_group)[1]
         )
-        train_step(users, items)
+        train_step(users, items, tf.constant(step))
     task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     return {"task": task, "weights": weights_of(model)}
 
@@ -105,19 +111,21 @@ def run_worker() -> dict:
 def run_single() -> dict:
     model = Retrieval()
     model(tf.zeros((1,), tf.int32))
+    initial = weights_of(model)
     optimizer = make_optimizer()
 
     @tf.function
-    def train_step(batches):
+    def train_step(batches, step):
         with tf.GradientTape() as tape:
-            loss = tf.add_n([model.retrieval_loss(u, i) for u, i in batches]) / REPLICAS
+            losses = [model.retrieval_loss(u, i, step, r) for r, (u, i) in enumerate(batches)]
+            loss = tf.add_n(losses) / REPLICAS
         variables = model.trainable_variables
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
     for step in range(STEPS):
-        train_step([replica_batch(step, r) for r in range(REPLICAS)])
-    return {"task": "single", "weights": weights_of(model)}
+        train_step([replica_batch(step, r) for r in range(REPLICAS)], tf.constant(step))
+    return {"task": "single", "weights": weights_of(model), "initial": initial}
 
 
 def main() -> None:
