@@ -44,8 +44,9 @@ def numpy_clipped(inner_step, variables, steps, *, relative, absolute, granulari
             g = dense_gradient(g, w.shape)
             move = inner_step(t, i, w.copy(), g) - w
             shrunk, factor, ratio = numpy_shrink(move, [w], [relative], absolute, per_row)
-            statistics.append((np.min(factor), np.max(ratio), np.linalg.norm(g), np.linalg.norm(w)))
             weights[i] = w + shrunk
+            norms = (np.linalg.norm(g), np.linalg.norm(weights[i]))  # ||w|| read after the step
+            statistics.append((np.min(factor), np.max(ratio), *norms))
     return weights, statistics
 
 

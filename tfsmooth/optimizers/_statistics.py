@@ -1,15 +1,17 @@
 """What the Clippy optimizers record in each step, for metrics and the StabilityMonitor.
 
 With ``export_clipping_factors=True`` each model variable gets one small optimizer variable of
-four numbers, written in the training step itself (no extra forward or backward pass):
+three numbers, written in the training step itself (no extra forward or backward pass, a few
+scalar operations per variable):
 
 - ``clipping_factor``: ``sigma`` of the last step (the smallest, with one factor per row);
 - ``update_ratio``: ``max_i |u_i| / b_i``, the update-to-bound ratio (``1 / sigma`` when clipping);
-- ``gradient_norm``: ``||g||`` of the gradient the step applied (over the looked-up rows for a
-  sparse gradient);
-- ``variable_norm``: ``||w||`` before the step (over the same rows for a sparse gradient).
+- ``gradient_norm``: ``||g||`` of the gradient the step applied (repeated rows of a sparse
+  gradient summed first), stored squared.
 
-They are optimizer variables, so checkpoints and ``.keras`` files keep them.
+:meth:`ClippingStatisticsMixin.clipping_statistics` adds ``variable_norm`` (``||w||`` of the whole
+variable, computed when read, off the training step). The statistics are optimizer variables, so
+checkpoints and ``.keras`` files keep them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from tfsmooth import _keras
 
 #: The statistics each Clippy optimizer records per variable, in storage order.
 STATISTICS = ("clipping_factor", "update_ratio", "gradient_norm", "variable_norm")
+
+_RECORDED = 3  # the first three are written by the step; variable_norm is computed when read
 
 GRANULARITIES = ("variable", "row")
 
@@ -74,23 +78,20 @@ class ClippingStatisticsMixin:
             seen[path] = seen.get(path, 0) + 1
             paths.append(path if seen[path] == 1 else f"{path}_{seen[path] - 1}")
         self._statistic_paths = tuple(paths)
+        self._statistic_sources = _Untracked(list(variables))
         self._statistics = [
-            self.add_state(v, "clippy_statistics", shape=(len(STATISTICS),)) for v in variables
+            self.add_state(v, "clippy_statistics", shape=(_RECORDED,)) for v in variables
         ]
 
-    def record_statistics(self, index, factor, ratio, gradient_square, variable_square) -> None:
-        """Writes one variable's statistics (in the update context of that variable)."""
+    def record_statistics(self, index, factor, ratio, gradient_square) -> None:
+        """Writes one variable's statistics (in the update context of that variable);
+        ``gradient_square`` is ``||g||^2``."""
         statistics = _keras.native_variable(self._statistics[index])
         dtype = statistics.dtype
-        values = tf.stack(
-            [
-                tf.cast(tf.reduce_min(factor), dtype),
-                tf.cast(tf.reduce_max(ratio), dtype),
-                tf.cast(tf.sqrt(gradient_square), dtype),
-                tf.cast(tf.sqrt(variable_square), dtype),
-            ]
-        )
-        statistics.assign(values)
+        if factor.shape.rank != 0:  # one factor per row: the smallest, the largest ratio
+            factor, ratio = tf.reduce_min(factor), tf.reduce_max(ratio)
+        values = [factor, ratio, gradient_square]
+        statistics.assign(tf.stack([v if v.dtype == dtype else tf.cast(v, dtype) for v in values]))
 
     @property
     def clipping_factors(self) -> list:
@@ -102,7 +103,7 @@ class ClippingStatisticsMixin:
         return [s[0] for s in getattr(self, "_statistics", [])]
 
     def clipping_statistics(self) -> dict[str, dict[str, float]]:
-        """The last step's statistics of every variable, read to the host.
+        """The last step's statistics of every variable and its norm, read in one transfer.
 
         Returns:
             ``{variable_path: {"clipping_factor", "update_ratio", "gradient_norm",
@@ -112,11 +113,33 @@ class ClippingStatisticsMixin:
         statistics = getattr(self, "_statistics", [])
         if not statistics:
             return {}
-        values = np.asarray([np.asarray(s) for s in statistics], dtype=np.float64)
+        reader = getattr(self, "_statistics_reader", None)
+        if reader is None:
+            recorded = [_keras.native_variable(s) for s in statistics]
+            sources = [_keras.native_variable(v) for v in self._statistic_sources.value]
+
+            def read():
+                values = tf.stack([tf.cast(s, tf.float64) for s in recorded])
+                norms = tf.stack(
+                    [tf.reduce_sum(tf.square(tf.cast(v, tf.float64))) for v in sources]
+                )
+                return tf.concat([values, norms[:, None]], axis=1)
+
+            reader = _Untracked(tf.function(read))
+            self._statistics_reader = reader
+        values = np.array(reader.value())
+        values[:, 2:] = np.sqrt(values[:, 2:])
         return {
             path: dict(zip(STATISTICS, (float(x) for x in row)))
             for path, row in zip(self._statistic_paths, values)
         }
+
+
+class _Untracked:
+    """Holds an object out of sight of checkpoint tracking."""
+
+    def __init__(self, value):
+        self.value = value
 
 
 def to_python(value: Any) -> Any:

@@ -173,11 +173,7 @@ class Clippy(_statistics.ClippingStatisticsMixin, _keras.OptimizerWrapperBase):
             if scale:
                 values = values / scale
             self.record_statistics(
-                index,
-                shrunk.factor,
-                shrunk.ratio,
-                tf.reduce_sum(values * values),
-                tf.reduce_sum(old * old),
+                index, shrunk.factor, shrunk.ratio, tf.reduce_sum(values * values)
             )
 
     def get_config(self) -> dict:

@@ -276,13 +276,8 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, _keras.OptimizerBase):
             accumulator.assign_add(step.accumulator_increment)
             variable.assign_sub(step.update)
         if self.export_clipping_factors:
-            self.record_statistics(
-                index,
-                step.factor,
-                step.ratio,
-                tf.reduce_sum(values * values),
-                tf.reduce_sum(weights * weights),
-            )
+            square = values * values if self.clip_accumulator_update else step.accumulator_increment
+            self.record_statistics(index, step.factor, step.ratio, tf.reduce_sum(square))
 
     def get_config(self) -> dict:
         config = super().get_config()
