@@ -121,6 +121,26 @@ def test_same_seeds_give_bit_identical_predictions_and_different_seeds_do_not(da
 
 
 @pytest.mark.slow
+def test_validation_chooses_the_epochs_and_reports_that_epochs_predictions(data):
+    train, test = _splits(data)
+    rows = np.arange(len(train[1]["binary"]))
+    fit_rows, validation_rows = rows[200:], rows[:200]
+    take = lambda part, r: {k: v[r] for k, v in part.items()}  # noqa: E731
+    fit = (take(train[0], fit_rows), take(train[1], fit_rows))
+    validation = (take(train[0], validation_rows), take(train[1], validation_rows))
+    options = {"replicas": 2, "batch_size": 128, "progress": False}
+    chosen = train_replicas(
+        _builder(data), fit, test, epochs=3, validation=validation, **options
+    ).configurations["model"]
+    assert len(chosen.validation_curve) == 3
+    assert chosen.epochs == int(np.argmax(chosen.validation_curve)) + 1
+    # Bit-identical to a run stopped at the chosen epoch (op determinism makes this exact).
+    direct = train_replicas(_builder(data), fit, test, epochs=chosen.epochs, **options)
+    np.testing.assert_array_equal(chosen.predictions, direct.configurations["model"].predictions)
+    assert chosen.replicas[0].metrics == direct.configurations["model"].replicas[0].metrics
+
+
+@pytest.mark.slow
 def test_vary_order_or_init_alone_still_differs(data):
     order = _run(data, _builder(data), vary="order").configurations["model"]
     init = _run(data, _builder(data), vary="init").configurations["model"]

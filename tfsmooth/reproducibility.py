@@ -61,7 +61,10 @@ __all__ = [
 ]
 
 VARY = ("init", "order", "both", "none")
-_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
+#: Matplotlib's "tab10" colours and a few markers: configuration i gets colour i % 10, marker i // 10.
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf")  # fmt: skip
+_MARKERS = ("o", "s", "^", "D")
 TASKS = ("binary", "regression")
 
 
@@ -189,6 +192,9 @@ class ConfigurationResult:
         absolute_difference, absolute_difference_se: the same for absolute PD.
         pair_matrix: ``[R_ok, R_ok]`` relative PD of each pair.
         ensemble: metrics of the mean prediction of the successful replicas.
+        epochs: the epochs of training behind the predictions (chosen by validation, if given).
+        validation_curve: mean validation AUC (or RMSE) over replicas after each epoch; empty
+            without validation data.
     """
 
     name: str
@@ -201,6 +207,8 @@ class ConfigurationResult:
     absolute_difference_se: float
     pair_matrix: np.ndarray
     ensemble: dict[str, float]
+    epochs: int = 0
+    validation_curve: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def succeeded(self) -> list[ReplicaRun]:
@@ -259,6 +267,7 @@ class ReproducibilityReport:
                 "configuration": result.name,
                 "replicas": len(result.succeeded),
                 "failed": len(result.failures),
+                "epochs": result.epochs,
                 "pd_relative": result.prediction_difference,
                 "pd_relative_se": result.prediction_difference_se,
                 "pd_absolute": result.absolute_difference,
@@ -296,16 +305,17 @@ class ReproducibilityReport:
     def table(self) -> str:
         """A fixed-width text table: PD (relative and absolute) and accuracy, ``mean ± SE``."""
         binary = self.task == "binary"
-        header = ["configuration", "replicas", "PD (relative)", "PD (absolute)"]
+        chosen = any(r.validation_curve for r in self.configurations.values())
+        header = ["configuration", "replicas"] + (["epochs"] if chosen else [])
+        header += ["PD (relative)", "PD (absolute)"]
         header += ["AUC", "log loss", "ensemble AUC"] if binary else ["RMSE", "ensemble RMSE"]
         rows = []
         for result in self.configurations.values():
             replicas = f"{len(result.succeeded)}"
             if result.failures:
                 replicas += f" ({len(result.failures)} failed)"
-            row = [
-                result.name,
-                replicas,
+            row = [result.name, replicas] + ([str(result.epochs)] if chosen else [])
+            row += [
                 _format(result.prediction_difference, result.prediction_difference_se, 4),
                 _format(result.absolute_difference, result.absolute_difference_se, 4),
             ]
@@ -327,7 +337,14 @@ class ReproducibilityReport:
     def __str__(self) -> str:
         return self.table()
 
-    def plot(self, path: str | pathlib.Path | None = None, *, ax=None, title: str | None = None):
+    def plot(
+        self,
+        path: str | pathlib.Path | None = None,
+        *,
+        ax=None,
+        title: str | None = None,
+        annotate: bool = True,
+    ):
         """Accuracy against relative PD per configuration, with standard-error bars.
 
         The papers' main picture: better configurations sit towards lower PD and higher AUC (lower
@@ -337,6 +354,7 @@ class ReproducibilityReport:
             path: where to save the figure (PNG, SVG, PDF by suffix); not saved when ``None``.
             ax: a matplotlib ``Axes`` to draw into; a new figure when ``None``.
             title: the title; a description of the run when ``None``.
+            annotate: write each configuration's name next to its point (besides the legend).
 
         Returns:
             The matplotlib ``Figure``.
@@ -346,9 +364,9 @@ class ReproducibilityReport:
         figure = ax.figure if ax is not None else Figure(figsize=(7.0, 4.8), dpi=110)
         ax = ax if ax is not None else figure.add_subplot()
         metric = self.accuracy_metric
-        colors = itertools.cycle(_COLORS)
-        for result in self.configurations.values():
-            color = next(colors)
+        for index, result in enumerate(self.configurations.values()):
+            color = _COLORS[index % len(_COLORS)]
+            marker = _MARKERS[(index // len(_COLORS)) % len(_MARKERS)]
             y, y_error = result.metric(metric)
             x, x_error = result.prediction_difference, result.prediction_difference_se
             if math.isnan(x) or math.isnan(y):
@@ -358,12 +376,15 @@ class ReproducibilityReport:
                 y,
                 xerr=None if math.isnan(x_error) else x_error,
                 yerr=None if math.isnan(y_error) else y_error,
-                fmt="o",
+                fmt=marker,
                 color=color,
                 capsize=3,
                 label=result.name,
             )
-            ax.annotate(result.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            if annotate:
+                ax.annotate(
+                    result.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8
+                )
         ax.set_xlabel("prediction difference between replicas (relative, lower is better)")
         better = "higher" if metric == "auc" else "lower"
         ax.set_ylabel(f"test {metric.upper()} ({better} is better)")
@@ -537,19 +558,27 @@ class _Progress:
             body = f"FAILED: {run.error}"
         else:
             body = ", ".join(f"{k} {v:.4f}" for k, v in run.metrics.items())
+            if event.get("validation_curve"):
+                body += " after the last epoch; validation by epoch " + " ".join(
+                    f"{v:.4f}" for v in event["validation_curve"]
+                )
         eta = f"; about {left:.0f} s left" if self.done < self.total else ""
         print(f"{head}: {body} ({run.seconds:.1f} s{eta})", file=sys.stderr, flush=True)
 
 
 def _train_one(
-    build_model, x, y, x_test, init_seed, order_seed, epochs, batch_size, fit_kwargs, output
-) -> np.ndarray:
+    build_model, x, y, evaluation_inputs, init_seed, order_seed, epochs, batch_size, fit_kwargs,
+    output, every_epoch,
+) -> list[list[np.ndarray]]:  # fmt: skip
+    """Trains one replica; returns ``predictions[epoch][evaluation set]`` (only the last epoch
+    unless ``every_epoch``)."""
     keras.backend.clear_session()
     keras.utils.set_random_seed(init_seed)
     model = _call_builder(build_model, init_seed)
     order = np.random.default_rng(order_seed)
     size = _length(x, "train features")
-    for _ in range(epochs):
+    snapshots = []
+    for epoch in range(epochs):
         rows = order.permutation(size)
         model.fit(
             _take(x, rows),
@@ -560,8 +589,18 @@ def _train_one(
             verbose=0,
             **fit_kwargs,
         )
-    predictions = model.predict(x_test, batch_size=max(batch_size, 4096), verbose=0)
-    return _select(predictions, output, "model's predictions")
+        if every_epoch or epoch == epochs - 1:
+            snapshots.append(
+                [
+                    _select(
+                        model.predict(inputs, batch_size=max(batch_size, 4096), verbose=0),
+                        output,
+                        "model's predictions",
+                    )
+                    for inputs in evaluation_inputs
+                ]
+            )
+    return snapshots
 
 
 def train_replicas(
@@ -578,6 +617,7 @@ def train_replicas(
     task: str | None = None,
     deterministic: bool = True,
     progress: bool | Callable[[dict], None] = True,
+    validation: tuple[Any, Any] | None = None,
     fit_kwargs: Mapping[str, Any] | None = None,
     data_name: str | None = None,
 ) -> ReproducibilityReport:
@@ -590,6 +630,12 @@ def train_replicas(
     jackknife standard errors (:func:`pairwise_prediction_difference`), each replica's AUC and log
     loss (binary) or RMSE (regression), and the same for the ensemble (the mean prediction).
 
+    With ``validation`` data, each configuration is trained for the number of epochs (``1 ..
+    epochs``) that gives the best mean validation AUC (lowest RMSE) over its replicas: every replica
+    predicts the validation and test data after each epoch, and the test predictions of the chosen
+    epoch are the ones reported -- a fair comparison of activations that peak at different times,
+    with the test data never used for the choice.
+
     A replica that raises, or whose predictions hold NaN/Inf, is recorded as failed (with the error)
     and left out of PD and accuracy; the table lists it. ``KeyboardInterrupt`` stops the run.
 
@@ -600,7 +646,7 @@ def train_replicas(
         test: ``(features, targets)`` held out for evaluation.
         replicas: replicas per configuration, ``>= 2``.
         vary: what differs between replicas: ``"init"``, ``"order"``, ``"both"`` or ``"none"``.
-        epochs: training epochs.
+        epochs: training epochs (the maximum, with ``validation``).
         batch_size: training batch size.
         seed: the first seed; replica ``i`` uses ``seed + i`` (see the module docstring).
         output: for models and targets with several named outputs, the one to compare and score.
@@ -611,6 +657,8 @@ def train_replicas(
         progress: ``True`` prints one line per replica to stderr (metrics, time, time left);
             ``False`` is silent; a callable receives event dicts (``"replica_start"``,
             ``"replica_end"`` with the :class:`ReplicaRun`).
+        validation: optional ``(features, targets)`` to choose each configuration's number of
+            epochs (see above); never the test data.
         fit_kwargs: extra arguments of ``model.fit`` (e.g. ``callbacks``).
         data_name: a label of the data for the report and plot.
 
@@ -670,6 +718,11 @@ def train_replicas(
     if task not in TASKS:
         raise ValueError(f"`task` must be one of {list(TASKS)}. Received: task={task!r}")
     fit_kwargs = dict(fit_kwargs or {})
+    if validation is not None:
+        x_validation, y_validation = _split_xy(validation, "validation")
+        validation = (x_validation, _select(y_validation, output, "validation targets"))
+        if len(validation[1]) != _length(x_validation, "validation features"):
+            raise ValueError("`validation` features and targets must have the same number of rows")
 
     total = replicas * len(configurations)
     # Every replica builds new models, so Keras' "retracing" warning is expected: keep it quiet.
@@ -680,8 +733,8 @@ def train_replicas(
         logger.setLevel("ERROR")
         try:
             results = _train_all(
-                configurations, x_train, y_train, x_test, labels, replicas, vary, epochs,
-                batch_size, seed, output, task, fit_kwargs, report_progress,
+                configurations, x_train, y_train, (x_test, labels), validation, replicas, vary,
+                epochs, batch_size, seed, output, task, fit_kwargs, report_progress,
             )  # fmt: skip
         finally:
             logger.setLevel(level)
@@ -697,50 +750,84 @@ def train_replicas(
         "data": data_name or "data",
         "train_rows": _length(x_train, "train features"),
         "test_rows": len(labels),
+        "validation_rows": 0 if validation is None else len(validation[1]),
     }
     return ReproducibilityReport(configurations=results, settings=settings)
 
 
+def _check_predictions(snapshots, sizes) -> None:
+    for epoch, predictions in enumerate(snapshots, 1):
+        for predicted, size in zip(predictions, sizes):
+            if predicted.shape[0] != size:
+                raise ValueError(
+                    f"the model predicted {predicted.shape[0]} rows for {size} examples"
+                )
+            bad = int(np.size(predicted) - np.isfinite(predicted).sum())
+            if bad:
+                raise FloatingPointError(
+                    f"{bad} of {np.size(predicted)} predictions are NaN or Inf after epoch "
+                    f"{epoch} (training diverged?)"
+                )
+
+
 def _train_all(
-    configurations, x_train, y_train, x_test, labels, replicas, vary, epochs, batch_size, seed,
-    output, task, fit_kwargs, report_progress,
+    configurations, x_train, y_train, test, validation, replicas, vary, epochs, batch_size,
+    seed, output, task, fit_kwargs, report_progress,
 ) -> dict[str, ConfigurationResult]:  # fmt: skip
+    x_test, labels = test
+    evaluation_inputs = [x_test] if validation is None else [x_test, validation[0]]
+    sizes = [len(labels)] if validation is None else [len(labels), len(validation[1])]
     results = {}
     for name, builder in configurations.items():
-        runs, predictions = [], []
+        runs, snapshots = [], []
         for index in range(replicas):
             init_seed = seed + index if vary in ("init", "both") else seed
             order_seed = seed + index if vary in ("order", "both") else seed
             report_progress({"event": "replica_start", "configuration": name, "replica": index})
             began = time.perf_counter()
             try:
-                predicted = _train_one(
-                    builder, x_train, y_train, x_test, init_seed, order_seed,
-                    epochs, batch_size, fit_kwargs, output,
+                replica_snapshots = _train_one(
+                    builder, x_train, y_train, evaluation_inputs, init_seed, order_seed,
+                    epochs, batch_size, fit_kwargs, output, validation is not None,
                 )  # fmt: skip
-                if predicted.shape[0] != len(labels):
-                    raise ValueError(
-                        f"the model predicted {predicted.shape[0]} rows for {len(labels)} "
-                        "test examples"
-                    )
-                bad = int(np.size(predicted) - np.isfinite(predicted).sum())
-                if bad:
-                    raise FloatingPointError(
-                        f"{bad} of {np.size(predicted)} test predictions are NaN or Inf "
-                        "(training diverged?)"
-                    )
-                metrics = _accuracy(task, labels, predicted)
+                _check_predictions(replica_snapshots, sizes)
+                metrics = _accuracy(task, labels, replica_snapshots[-1][0])
                 error = None
-                predictions.append(predicted)
+                snapshots.append(replica_snapshots)
             except Exception as failure:  # a failed replica is reported, never dropped silently
                 metrics, error = {}, _short_error(failure)
             run = ReplicaRun(
                 name, index, init_seed, order_seed, metrics, time.perf_counter() - began, error
             )
             runs.append(run)
-            report_progress({"event": "replica_end", "run": run})
-        results[name] = _summarise(name, task, runs, predictions, labels)
+            event = {"event": "replica_end", "run": run}
+            if validation is not None and error is None:
+                event["validation_curve"] = [
+                    _accuracy(task, validation[1], epoch_predictions[1])[_main_metric(task)]
+                    for epoch_predictions in replica_snapshots
+                ]
+            report_progress(event)
+        curve, chosen = [], -1
+        if validation is not None and snapshots:
+            metric = _main_metric(task)
+            curve = [
+                float(np.mean([_accuracy(task, validation[1], s[e][1])[metric] for s in snapshots]))
+                for e in range(epochs)
+            ]
+            chosen = int(np.argmax(curve) if metric == "auc" else np.argmin(curve))
+            successful = [run for run in runs if not run.failed]
+            for run, replica_snapshots in zip(successful, snapshots):
+                run.metrics = _accuracy(task, labels, replica_snapshots[chosen][0])
+        predictions = [s[chosen][0] for s in snapshots]
+        result = _summarise(name, task, runs, predictions, labels)
+        result.epochs = epochs if chosen == -1 else chosen + 1
+        result.validation_curve = curve
+        results[name] = result
     return results
+
+
+def _main_metric(task: str) -> str:
+    return "auc" if task == "binary" else "rmse"
 
 
 def _summarise(name, task, runs, predictions, labels) -> ConfigurationResult:
