@@ -58,5 +58,15 @@ def rng():
 
 @pytest.fixture
 def mirrored_strategy():
-    """MirroredStrategy over the two logical CPU devices."""
-    return tf.distribute.MirroredStrategy(LOGICAL_CPUS)
+    """MirroredStrategy over the two logical CPU devices, reducing through one device.
+
+    TensorFlow gives every new MirroredStrategy of a process the same collective group and instance
+    keys, and its collective runtime remembers the shapes of earlier strategies' ops, so a second
+    strategy trained with collectives in the same pytest process aborts with "Shape mismatch in the
+    collective instance 100" (tensorflow/tensorflow#62790). Reduction to one device uses no
+    collectives, so a test neither suffers from nor leaves that state, whatever runs before it. The
+    collective path itself is covered by the multi-worker test, which runs in its own processes.
+    """
+    return tf.distribute.MirroredStrategy(
+        LOGICAL_CPUS, cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )

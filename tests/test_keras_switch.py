@@ -90,7 +90,11 @@ def _public_objects():
         except ImportError:  # a subpackage that needs TFRS, under Keras 3
             continue
         for attr in getattr(module, "__all__", []):
-            yield f"{name}.{attr}", getattr(module, attr)
+            try:
+                obj = getattr(module, attr)
+            except ImportError:  # built on first use and needs TFRS (tasks.CatalogRetrieval)
+                continue
+            yield f"{name}.{attr}", obj
 
 
 def _needs_registration(obj) -> bool:

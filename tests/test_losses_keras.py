@@ -16,18 +16,8 @@ N, C, D = 64, 500, 16
 
 @pytest.fixture
 def strategy(mirrored_strategy):
-    """The conftest MirroredStrategy's two devices, reducing through one device.
-
-    TensorFlow gives every new MirroredStrategy of a process the same collective group and instance
-    keys, and its collective runtime remembers the shapes and types of earlier strategies' ops, so a
-    second strategy trained in the same pytest process aborts with "Shape mismatch in the collective
-    instance 100" (tensorflow/tensorflow#62790). Reduction to one device uses no collectives, so these
-    tests neither suffer from nor leave that state, whatever runs before or after them.
-    """
-    return tf.distribute.MirroredStrategy(
-        mirrored_strategy.extended.worker_devices,
-        cross_device_ops=tf.distribute.ReductionToOneDevice(),
-    )
+    """The conftest MirroredStrategy (two logical CPUs, reduction through one device)."""
+    return mirrored_strategy
 
 
 @pytest.mark.parametrize(

@@ -137,10 +137,7 @@ def test_loss_is_scaled_per_replica_in_both_flavours(splits, mirrored_strategy):
     """Under a strategy, compute_loss returns the replica's mean divided by the number of replicas
     (Keras 3's loss classes do it themselves, SASRec does it for tf-keras), so the summed replica
     gradients are those of the global mean -- what fit under MirroredStrategy needs."""
-    strategy = tf.distribute.MirroredStrategy(
-        mirrored_strategy.extended.worker_devices,
-        cross_device_ops=tf.distribute.ReductionToOneDevice(),
-    )
+    strategy = mirrored_strategy
     with strategy.scope():
         model = small_model(splits.num_items, loss=CatalogCrossEntropy())
     x = tf.constant(splits.train_inputs[:8])

@@ -127,12 +127,7 @@ def test_an_item_tower_over_item_features_gets_gradients():
 
 @requires_tfrs
 def test_mirrored_strategy_step_equals_the_single_device_step(mirrored_strategy):
-    # Reduction through one device (TensorFlow's collectives keep state across the strategies of a
-    # process: tensorflow/tensorflow#62790, see test_losses_keras.py).
-    strategy = tf.distribute.MirroredStrategy(
-        mirrored_strategy.extended.worker_devices,
-        cross_device_ops=tf.distribute.ReductionToOneDevice(),
-    )
+    strategy = mirrored_strategy
     data = {k: v[:64] for k, v in interactions().items()}
 
     def one_step(model):

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-DEFAULT_ACTIVATIONS = "relu,smelu,gelu,swish"
+DEFAULT_ACTIVATIONS = "relu,smelu:2,gelu,swish"
 DEFAULT_OUTPUT = "tfsmooth-demo"
 KNOWN_ACTIVATIONS = ("relu", "smelu", "generalized_smelu", "gelu", "swish", "softplus")
 
