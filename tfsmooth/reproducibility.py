@@ -60,11 +60,13 @@ __all__ = [
     "train_replicas",
 ]
 
+#: What may differ between replicas (``vary`` of :func:`train_replicas`).
 VARY = ("init", "order", "both", "none")
 #: Matplotlib's "tab10" colours and a few markers: configuration i gets colour i % 10, marker i // 10.
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")  # fmt: skip
 _MARKERS = ("o", "s", "^", "D")
+#: The tasks :func:`train_replicas` scores: ``"binary"`` (AUC, log loss), ``"regression"`` (RMSE).
 TASKS = ("binary", "regression")
 
 
@@ -75,7 +77,34 @@ TASKS = ("binary", "regression")
 def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
     """Exact ROC AUC by the rank (Mann-Whitney U) formula, ties counted half.
 
-    Returns NaN when one class is absent.
+    With :math:`P` positives, :math:`N` negatives and :math:`\\rho_i` the rank of score :math:`i`
+    among all scores (1 = lowest; tied scores share their mean rank):
+
+    .. math::
+
+        \\mathrm{AUC} = \\frac{\\sum_{i: y_i = 1} \\rho_i - P (P + 1) / 2}{P N}
+        = P(s_i > s_j) + \\tfrac{1}{2} P(s_i = s_j), \\quad y_i = 1,\\ y_j = 0
+
+    No thresholds or binning (unlike the streaming ``keras.metrics.AUC``).
+
+    Args:
+        labels: ``[N]`` labels; values ``> 0.5`` are positives (any shape, flattened).
+        scores: ``[N]`` scores or probabilities, higher meaning more likely positive.
+
+    Returns:
+        The AUC in ``[0, 1]`` as a float, or NaN when one class is absent.
+
+    Example:
+
+    >>> from tfsmooth.reproducibility import auc_score
+    >>> auc_score([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])  # 3 of the 4 pairs in order
+    0.75
+    >>> auc_score([0, 1], [0.5, 0.5])  # a tie counts half
+    0.5
+
+    References:
+        - [Hanley, McNeil. The meaning and use of the area under a ROC curve (1982)](
+          https://doi.org/10.1148/radiology.143.1.7063747)
     """
     labels = np.asarray(labels).reshape(-1) > 0.5
     scores = np.asarray(scores, np.float64).reshape(-1)
@@ -87,14 +116,56 @@ def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def log_loss(labels: np.ndarray, probabilities: np.ndarray, epsilon: float = 1e-7) -> float:
-    """Mean binary cross-entropy, probabilities clipped to ``[epsilon, 1 - epsilon]``."""
+    """Mean binary cross-entropy, probabilities clipped to ``[epsilon, 1 - epsilon]``.
+
+    .. math::
+
+        \\mathrm{LogLoss} = -\\frac{1}{N} \\sum_i \\left[y_i \\log \\hat{p}_i
+            + (1 - y_i) \\log(1 - \\hat{p}_i)\\right],
+        \\qquad \\hat{p}_i = \\mathrm{clip}(p_i, \\epsilon, 1 - \\epsilon)
+
+    Computed in float64 (``log1p`` for the negative term), so it stays finite for probabilities of
+    exactly 0 or 1.
+
+    Args:
+        labels: ``[N]`` labels in ``[0, 1]`` (any shape, flattened).
+        probabilities: ``[N]`` predicted probabilities of the positive class.
+        epsilon: clipping margin, keeps the loss finite.
+
+    Returns:
+        The mean log loss as a float (natural logarithm).
+
+    Example:
+
+    >>> from tfsmooth.reproducibility import log_loss
+    >>> round(log_loss([1, 0], [0.9, 0.2]), 4)  # -(log 0.9 + log 0.8) / 2
+    0.1643
+    """
     labels = np.asarray(labels, np.float64).reshape(-1)
     p = np.clip(np.asarray(probabilities, np.float64).reshape(-1), epsilon, 1 - epsilon)
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p)))
 
 
 def rmse(targets: np.ndarray, predictions: np.ndarray) -> float:
-    """Root mean squared error."""
+    """Root mean squared error.
+
+    .. math::
+
+        \\mathrm{RMSE} = \\sqrt{\\frac{1}{N} \\sum_i (y_i - \\hat{y}_i)^2}
+
+    Args:
+        targets: ``[N]`` true values (any shape, flattened).
+        predictions: ``[N]`` predicted values.
+
+    Returns:
+        The RMSE as a float (computed in float64).
+
+    Example:
+
+    >>> from tfsmooth.reproducibility import rmse
+    >>> round(rmse([3.0, 4.0], [3.5, 3.0]), 4)  # sqrt((0.25 + 1) / 2)
+    0.7906
+    """
     targets = np.asarray(targets, np.float64).reshape(-1)
     predictions = np.asarray(predictions, np.float64).reshape(-1)
     return float(np.sqrt(np.mean((targets - predictions) ** 2)))
@@ -127,6 +198,25 @@ def pairwise_prediction_difference(
     Returns:
         ``(mean, standard_error, matrix)``: NaN mean for fewer than 2 replicas, NaN error for fewer
         than 3; ``matrix[i, j]`` is the PD of replicas i and j.
+
+    Raises:
+        ValueError: for an unknown ``kind`` (as :func:`tfsmooth.metrics.prediction_difference`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from tfsmooth.reproducibility import pairwise_prediction_difference
+    >>> predictions = np.array([[0.2, 0.8], [0.3, 0.7], [0.2, 0.4]])  # 3 replicas, 2 examples
+    >>> mean, error, matrix = pairwise_prediction_difference(predictions, kind="absolute")
+    >>> matrix.round(2).tolist()  # mean |p_i - p_j| of each pair
+    [[0.0, 0.1, 0.2], [0.1, 0.0, 0.2], [0.2, 0.2, 0.0]]
+    >>> round(mean, 4), round(error, 4)
+    (0.1667, 0.0667)
+
+    References:
+        - [Shamir, Lin, Coviello (2020)](https://arxiv.org/abs/2010.09931) (prediction difference)
+        - [Efron, Stein. The jackknife estimate of variance (1981)](
+          https://doi.org/10.1214/aos/1176345462)
     """
     predictions = np.asarray(predictions)
     count = len(predictions)
@@ -163,6 +253,18 @@ class ReplicaRun:
             empty for a failed replica.
         seconds: wall time of build + training + prediction.
         error: ``None``, or why the replica failed (its predictions are then not used).
+
+    :func:`train_replicas` creates them; read them from :attr:`ConfigurationResult.replicas` or
+    :meth:`ReproducibilityReport.replicas_dataframe`.
+
+    Example:
+
+    >>> from tfsmooth.reproducibility import ReplicaRun
+    >>> run = ReplicaRun("smelu", 0, init_seed=0, order_seed=0, metrics={"auc": 0.71}, seconds=2.5)
+    >>> run.failed
+    False
+    >>> ReplicaRun("relu", 1, 1, 1, metrics={}, seconds=0.4, error="FloatingPointError: NaN").failed
+    True
     """
 
     configuration: str
@@ -175,6 +277,7 @@ class ReplicaRun:
 
     @property
     def failed(self) -> bool:
+        """Whether the replica failed (``error`` is set)."""
         return self.error is not None
 
 
@@ -195,6 +298,29 @@ class ConfigurationResult:
         epochs: the epochs of training behind the predictions (chosen by validation, if given).
         validation_curve: mean validation AUC (or RMSE) over replicas after each epoch; empty
             without validation data.
+
+    :func:`train_replicas` creates one per configuration, with
+    :func:`pairwise_prediction_difference` for the PD fields; the example builds one by hand.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from tfsmooth.reproducibility import (
+    ...     ConfigurationResult, ReplicaRun, pairwise_prediction_difference)
+    >>> predictions = np.array([[0.2, 0.8, 0.6], [0.3, 0.7, 0.6]])  # 2 replicas, 3 examples
+    >>> relative, relative_se, matrix = pairwise_prediction_difference(predictions)
+    >>> absolute, absolute_se, _ = pairwise_prediction_difference(predictions, "absolute")
+    >>> runs = [ReplicaRun("smelu", i, i, i, {"auc": auc, "log_loss": 0.6}, seconds=1.0)
+    ...         for i, auc in enumerate((0.70, 0.74))]
+    >>> result = ConfigurationResult("smelu", "binary", runs, predictions, relative, relative_se,
+    ...                              absolute, absolute_se, matrix, ensemble={"auc": 0.73})
+    >>> round(result.absolute_difference, 4)  # (0.1 + 0.1 + 0) / 3
+    0.0667
+    >>> [round(value, 4) for value in result.metric("auc")]  # mean, std / sqrt(2)
+    [0.72, 0.02]
+
+    References:
+        - [Shamir, Lin, Coviello (2020)](https://arxiv.org/abs/2010.09931)
     """
 
     name: str
@@ -212,14 +338,27 @@ class ConfigurationResult:
 
     @property
     def succeeded(self) -> list[ReplicaRun]:
+        """The replicas that trained and predicted without error."""
         return [r for r in self.replicas if not r.failed]
 
     @property
     def failures(self) -> list[ReplicaRun]:
+        """The replicas that failed."""
         return [r for r in self.replicas if r.failed]
 
     def metric(self, name: str) -> tuple[float, float]:
-        """Mean and standard error (``std / sqrt(n)``) of a replica metric over successful replicas."""
+        """Mean and standard error (``std / sqrt(n)``) of a replica metric over successful replicas.
+
+        Args:
+            name: a key of the replicas' ``metrics`` (``"auc"``, ``"log_loss"`` or ``"rmse"``).
+
+        Returns:
+            ``(mean, standard_error)``: both NaN without successful replicas, the error NaN with
+            one (``std`` with ``ddof=1``).
+
+        Raises:
+            KeyError: if a successful replica has no metric ``name``.
+        """
         values = np.array([r.metrics[name] for r in self.succeeded], np.float64)
         if len(values) == 0:
             return math.nan, math.nan
@@ -242,6 +381,36 @@ class ReproducibilityReport:
     Attributes:
         configurations: results by configuration name, in the order they were given.
         settings: how the replicas were trained (replicas, vary, epochs, batch size, seed, ...).
+
+    :func:`train_replicas` returns one. It reads as a text table (:meth:`table`, also ``str``), as
+    pandas DataFrames (:meth:`to_dataframe`, :meth:`replicas_dataframe`), as the accuracy-vs-PD
+    figure (:meth:`plot`) and as files (:meth:`save`). The example builds one by hand.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from tfsmooth.reproducibility import (
+    ...     ConfigurationResult, ReplicaRun, ReproducibilityReport, pairwise_prediction_difference)
+    >>> def result(name, predictions):
+    ...     relative, relative_se, matrix = pairwise_prediction_difference(predictions)
+    ...     absolute, absolute_se, _ = pairwise_prediction_difference(predictions, "absolute")
+    ...     runs = [ReplicaRun(name, i, i, i, {"auc": 0.7, "log_loss": 0.6}, 1.0)
+    ...             for i in range(len(predictions))]
+    ...     return ConfigurationResult(name, "binary", runs, predictions, relative, relative_se,
+    ...                                absolute, absolute_se, matrix, {"auc": 0.72})
+    >>> report = ReproducibilityReport(
+    ...     {"relu": result("relu", np.array([[0.2, 0.9], [0.4, 0.6], [0.3, 0.8]])),
+    ...      "smelu": result("smelu", np.array([[0.3, 0.8], [0.3, 0.7], [0.3, 0.8]]))},
+    ...     settings={"replicas": 3, "vary": "both"})
+    >>> frame = report.to_dataframe()
+    >>> frame["configuration"].tolist(), frame["pd_absolute"].round(4).tolist()
+    (['relu', 'smelu'], [0.1667, 0.0333])
+    >>> print(report.table().splitlines()[0])  # doctest: +NORMALIZE_WHITESPACE
+    configuration  replicas  PD (relative)  PD (absolute)  AUC  log loss  ensemble AUC
+
+    References:
+        - [Shamir, Lin, Coviello (2020)](https://arxiv.org/abs/2010.09931)
+        - [Lin, Shamir (2022)](https://arxiv.org/abs/2202.06499)
     """
 
     configurations: dict[str, ConfigurationResult]
@@ -249,14 +418,17 @@ class ReproducibilityReport:
 
     @property
     def task(self) -> str:
+        """``"binary"`` or ``"regression"``: the task of the configurations."""
         return next(iter(self.configurations.values())).task
 
     @property
     def accuracy_metric(self) -> str:
+        """The metric plotted against PD: ``"auc"`` (binary) or ``"rmse"`` (regression)."""
         return "auc" if self.task == "binary" else "rmse"
 
     @property
     def failures(self) -> list[ReplicaRun]:
+        """The failed replicas of every configuration."""
         return [r for c in self.configurations.values() for r in c.failures]
 
     def to_dataframe(self) -> pd.DataFrame:
@@ -441,7 +613,28 @@ def op_determinism(enabled: bool = True) -> Iterator[None]:
     """Turns TensorFlow op determinism on inside the block and restores the previous state after.
 
     With it, the same seeds give bit-identical results (TensorFlow picks deterministic kernels and
-    raises for ops that have none). Where TensorFlow cannot turn it off again, it stays on.
+    raises for ops that have none). Where TensorFlow cannot turn it off again, it stays on. Inside
+    the block, TensorFlow requires a seed for random ops (``tf.random.set_seed`` or
+    ``keras.utils.set_random_seed``): an unseeded one raises ``RuntimeError``.
+
+    Args:
+        enabled: turn determinism on; ``False`` leaves TensorFlow's state as it is (a no-op block,
+            for callers with a ``deterministic`` switch such as :func:`train_replicas`).
+
+    Returns:
+        A context manager (use it in a ``with`` statement); it yields nothing.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from tfsmooth.reproducibility import op_determinism
+    >>> with op_determinism():
+    ...     tf.random.set_seed(7)
+    ...     first = tf.random.uniform([3])
+    ...     tf.random.set_seed(7)
+    ...     second = tf.random.uniform([3])
+    >>> bool(tf.reduce_all(first == second))
+    True
     """
     is_enabled, disable = _determinism_switches()
     before = is_enabled()

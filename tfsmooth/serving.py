@@ -37,6 +37,18 @@ def input_signature_of(model: Any) -> Any:
     Raises:
         ValueError: if the model has no symbolic inputs (a subclassed model): pass
             ``input_signature`` explicitly instead.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from tfsmooth.models import build_ranking_model
+    >>> from tfsmooth.serving import input_signature_of
+    >>> users = tf.keras.Input((), dtype="int32", name="user_id")
+    >>> input_signature_of(tf.keras.Model(users, tf.keras.layers.Embedding(10, 4)(users)))
+    TensorSpec(shape=(None,), dtype=tf.int32, name='user_id')
+    >>> signature = input_signature_of(build_ranking_model(10, 20, 3, hidden_units=(4,)))
+    >>> signature["genres"]
+    TensorSpec(shape=(None, 3), dtype=tf.float32, name='genres')
     """
     inputs = getattr(model, "input", None) if getattr(model, "inputs", None) else None
     if inputs is None:

@@ -40,6 +40,23 @@ class RankingData:
         user_vocabulary, item_vocabulary: raw ids; index ``i + 1`` encodes ``vocabulary[i]``.
         positive_threshold: the rating at or above which ``label`` is 1.
         name: the name of the source :class:`Ratings`.
+
+    Build one with :func:`encode_ranking`; :meth:`features` and :meth:`targets` give the inputs
+    and targets of a split in the form ``model.fit`` takes them for
+    :func:`tfsmooth.models.build_ranking_model`.
+
+    Example:
+
+    >>> from tfsmooth.data import encode_ranking, synthetic_ratings
+    >>> data = encode_ranking(synthetic_ratings(n_users=100, n_items=50, n_ratings=1000), seed=0)
+    >>> len(data.train["label"]), len(data.test["label"])
+    (800, 200)
+    >>> sorted(data.features("train"))
+    ['genres', 'item', 'user']
+    >>> data.features("test")["genres"].shape == (200, data.n_genres)
+    True
+    >>> sorted(data.targets("train", tasks=("binary", "regression")))
+    ['binary', 'regression']
     """
 
     train: dict[str, np.ndarray]
@@ -54,12 +71,34 @@ class RankingData:
     name: str = "ratings"
 
     def features(self, split: str = "train") -> dict[str, np.ndarray]:
-        """The model inputs of a split: ``{"user", "item", "genres"}``."""
+        """The model inputs of a split: ``{"user", "item", "genres"}`` (see :data:`FEATURES`).
+
+        Args:
+            split: ``"train"`` or ``"test"``.
+
+        Returns:
+            A dict of the split's ``user``, ``item`` and ``genres`` arrays.
+
+        Raises:
+            ValueError: for another ``split``.
+        """
         data = self._split(split)
         return {key: data[key] for key in FEATURES}
 
     def targets(self, split: str = "train", tasks=("binary",)) -> dict[str, np.ndarray]:
-        """The targets of a split keyed by task: ``"binary"`` -> label, ``"regression"`` -> rating."""
+        """The targets of a split keyed by task: ``"binary"`` -> label, ``"regression"`` -> rating.
+
+        Args:
+            split: ``"train"`` or ``"test"``.
+            tasks: task names from ``("binary", "regression")``, as given to
+                :func:`tfsmooth.models.build_ranking_model`.
+
+        Returns:
+            ``{task: float32[N]}``.
+
+        Raises:
+            ValueError: for another ``split`` or an unknown task.
+        """
         data = self._split(split)
         source = {"binary": "label", "regression": "rating"}
         unknown = [t for t in tasks if t not in source]
@@ -75,6 +114,7 @@ class RankingData:
         return self.train if split == "train" else self.test
 
     def summary(self) -> str:
+        """One line: name, split sizes, users, items, genres and the share of positive labels."""
         positives = float(self.train["label"].mean()) if len(self.train["label"]) else 0.0
         return (
             f"{self.name}: {len(self.train['label']):,} train / {len(self.test['label']):,} test "

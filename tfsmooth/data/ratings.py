@@ -67,12 +67,24 @@ class Ratings:
             empty), and ``title`` where the source has one; ``None`` when the source has no item file.
         name: a short label of the source (e.g. ``"ml-latest-small"``, ``"synthetic"``).
 
+    :func:`load_ratings`, :func:`tfsmooth.data.load_tfds` and
+    :func:`tfsmooth.data.synthetic_ratings` return one; wrap your own data by passing the frames.
+
+    Raises:
+        ValueError: if ``ratings`` lacks one of the columns ``user_id``, ``item_id``, ``rating``,
+            ``timestamp``, or ``items`` lacks ``item_id`` or ``genres``.
+
     Example:
 
-    >>> from tfsmooth.data import synthetic_ratings
+    >>> import pandas as pd
+    >>> from tfsmooth.data import Ratings, synthetic_ratings
     >>> data = synthetic_ratings(n_users=50, n_items=40, n_ratings=500)
     >>> list(data.ratings.columns)
     ['user_id', 'item_id', 'rating', 'timestamp']
+    >>> frame = pd.DataFrame({"user_id": [1, 1, 2], "item_id": [10, 20, 10],
+    ...                       "rating": [4.0, 3.0, 5.0], "timestamp": [100, 200, 300]})
+    >>> Ratings(frame, name="mine").summary()
+    'mine: 3 ratings, 2 users, 2 items, 67% rated >= 4'
     """
 
     ratings: pd.DataFrame
@@ -94,14 +106,17 @@ class Ratings:
 
     @property
     def n_ratings(self) -> int:
+        """Number of ratings (rows of ``ratings``)."""
         return len(self.ratings)
 
     @property
     def n_users(self) -> int:
+        """Number of distinct users that rated."""
         return int(self.ratings["user_id"].nunique())
 
     @property
     def n_items(self) -> int:
+        """Number of distinct items rated."""
         return int(self.ratings["item_id"].nunique())
 
     def summary(self) -> str:
@@ -116,11 +131,19 @@ class Ratings:
 def default_data_path() -> pathlib.Path | None:
     """The shared MovieLens directory benchmarks and examples default to, if it exists.
 
-    Looks for ``../shared/data/ml-latest-small`` next to the repository that holds this package, then
-    relative to the current directory.
+    Looks for ``../shared/data/ml-latest-small`` (a directory holding ``ratings.csv``) next to the
+    repository that holds this package, then relative to the current directory. Takes no arguments;
+    the benchmarks use it as the default of their ``--data PATH`` option.
 
     Returns:
-        The directory, or ``None`` when neither exists.
+        The directory as an absolute ``pathlib.Path``, or ``None`` when neither exists.
+
+    Example:
+
+    >>> from tfsmooth.data import default_data_path
+    >>> path = default_data_path()
+    >>> path is None or (path / "ratings.csv").is_file()
+    True
     """
     repository = pathlib.Path(__file__).resolve().parents[2]
     candidates = [
@@ -370,14 +393,25 @@ def load_ratings(path: str | os.PathLike) -> Ratings:
 
     Raises:
         FileNotFoundError: if the path or the ratings file in a directory does not exist.
+        TypeError: if ``path`` is neither a string nor a path.
         ValueError: if the file is empty, of an unknown format, or malformed (the message names the
             file and the first bad row).
 
     Example:
 
-    >>> from tfsmooth.data import default_data_path, load_ratings
-    >>> path = default_data_path()
-    >>> data = load_ratings(path) if path else None  # doctest: +SKIP
+    >>> import pathlib, tempfile
+    >>> from tfsmooth.data import load_ratings
+    >>> folder = pathlib.Path(tempfile.mkdtemp()) / "ml-tiny"
+    >>> folder.mkdir()
+    >>> _ = (folder / "ratings.csv").write_text(
+    ...     "userId,movieId,rating,timestamp\\n1,10,4.0,100\\n1,20,2.5,200\\n2,10,5.0,300\\n")
+    >>> _ = (folder / "movies.csv").write_text(
+    ...     "movieId,title,genres\\n10,Heat (1995),Action|Crime\\n20,Babe (1995),Children\\n")
+    >>> data = load_ratings(folder)
+    >>> data.summary()
+    'ml-tiny: 3 ratings, 2 users, 2 items, 67% rated >= 4'
+    >>> data.items["genres"].tolist()
+    [['Action', 'Crime'], ['Children']]
     """
     if isinstance(path, str) and path.startswith("tfds:"):
         from tfsmooth.data.tfds import load_tfds

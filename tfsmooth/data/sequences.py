@@ -39,6 +39,28 @@ class SequenceSplits:
         user_ids: ``[U]`` raw user ids, in row order.
         train_item_counts: int64 ``[C + 1]``: how often each index is a training label (0 for
             padding), e.g. for a popularity (unigram) sampling proposal.
+
+    Build one with :func:`build_sequences`.
+
+    Example:
+
+    >>> import pandas as pd
+    >>> from tfsmooth.data import build_sequences
+    >>> frame = pd.DataFrame({"user_id": [7, 7, 7, 7, 7], "item_id": [30, 10, 20, 40, 10],
+    ...                       "timestamp": [1, 2, 3, 4, 5]})
+    >>> splits = build_sequences(frame, max_length=4)
+    >>> splits.item_ids.tolist()  # index i encodes item_ids[i - 1]
+    [10, 20, 30, 40]
+    >>> splits.train_inputs.tolist(), splits.train_labels.tolist()
+    ([[0, 0, 3, 1]], [[0, 0, 1, 2]])
+    >>> splits.valid_inputs.tolist(), splits.valid_labels.tolist()
+    ([[0, 3, 1, 2]], [4])
+    >>> splits.test_inputs.tolist(), splits.test_labels.tolist()
+    ([[3, 1, 2, 4]], [1])
+
+    References:
+        - [Kang, McAuley. Self-Attentive Sequential Recommendation (2018)](
+          https://arxiv.org/abs/1808.09781) (the leave-last-out protocol)
     """
 
     train_inputs: np.ndarray
@@ -58,13 +80,16 @@ class SequenceSplits:
 
     @property
     def num_users(self) -> int:
+        """Number of users ``U`` (rows of every array)."""
         return len(self.user_ids)
 
     @property
     def max_length(self) -> int:
+        """Sequence length ``L`` (columns of the input arrays)."""
         return self.train_inputs.shape[1]
 
     def summary(self) -> str:
+        """One line: users, items, ``max_length``, the median and largest interactions per user."""
         lengths = (self.test_inputs > 0).sum(axis=1) + 1
         return (
             f"{self.num_users} users, {self.num_items} items, max_length {self.max_length}; "

@@ -58,6 +58,24 @@ def make_activation(activation: ActivationSpec, name: str | None = None):
     Raises:
         ValueError: for an unknown activation name.
         TypeError: for anything else that is not callable, or a factory not returning a layer.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from tfsmooth.activations import smelu
+    >>> from tfsmooth.layers import SmeLU
+    >>> from tfsmooth.models import make_activation
+    >>> make_activation("smelu", name="hidden_activation").name
+    'hidden_activation'
+    >>> layer = make_activation(lambda: SmeLU(beta=2.0))  # a new layer on every call
+    >>> float(layer.beta)
+    2.0
+    >>> make_activation(smelu)(tf.constant([-2.0, 0.0, 2.0])).numpy()
+    array([0.  , 0.25, 2.  ], dtype=float32)
+
+    References:
+        - [Shamir, Lin, Coviello (2020)](https://arxiv.org/abs/2010.09931) (SmeLU)
+        - [Lin, Shamir (2022)](https://arxiv.org/abs/2202.06499) (generalized SmeLU)
     """
     from tfsmooth import layers
 
@@ -265,7 +283,38 @@ def build_ranking_model(
 
 
 def ranking_losses(tasks: Sequence[str] = ("binary",)) -> dict:
-    """The loss of each head: binary cross-entropy for ``"binary"``, MSE for ``"regression"``."""
+    """The loss of each head: binary cross-entropy for ``"binary"``, MSE for ``"regression"``.
+
+    For labels ``y`` and predictions ``p`` (probabilities) or ``r`` (ratings) of a batch of ``B``:
+
+    .. math::
+
+        \\mathrm{BCE} = -\\frac{1}{B} \\sum_i \\left[y_i \\log p_i
+            + (1 - y_i) \\log(1 - p_i)\\right]
+        \\qquad
+        \\mathrm{MSE} = \\frac{1}{B} \\sum_i (y_i - r_i)^2
+
+    Keras' ``BinaryCrossentropy`` and ``MeanSquaredError``, one fresh instance per call, keyed by
+    the output names of :func:`build_ranking_model`.
+
+    Args:
+        tasks: the model's heads, from ``("binary", "regression")`` (a single name is accepted).
+
+    Returns:
+        ``{task: keras loss}``, for ``model.compile(loss=...)``.
+
+    Raises:
+        ValueError: for an empty, repeated or unknown task.
+
+    Example:
+
+    >>> from tfsmooth.models import ranking_losses
+    >>> losses = ranking_losses(("binary", "regression"))
+    >>> {task: type(loss).__name__ for task, loss in losses.items()}
+    {'binary': 'BinaryCrossentropy', 'regression': 'MeanSquaredError'}
+    >>> round(float(losses["regression"]([[3.0], [5.0]], [[4.0], [5.0]])), 4)  # (1 + 0) / 2
+    0.5
+    """
     tasks = _check_tasks(tasks)
     losses = {
         "binary": keras.losses.BinaryCrossentropy,
@@ -275,7 +324,39 @@ def ranking_losses(tasks: Sequence[str] = ("binary",)) -> dict:
 
 
 def ranking_metrics(tasks: Sequence[str] = ("binary",)) -> dict:
-    """AUC for ``"binary"``, RMSE for ``"regression"`` (named ``auc`` and ``rmse``)."""
+    """AUC for ``"binary"``, RMSE for ``"regression"`` (named ``auc`` and ``rmse``).
+
+    .. math::
+
+        \\mathrm{AUC} = P(p_i > p_j \\mid y_i = 1, y_j = 0)
+        \\qquad
+        \\mathrm{RMSE} = \\sqrt{\\tfrac{1}{N} \\sum_i (y_i - r_i)^2}
+
+    Keras' streaming ``AUC`` (ROC, approximated on 200 thresholds) and ``RootMeanSquaredError``,
+    fresh instances per call, keyed by the output names of :func:`build_ranking_model`. For the
+    exact values on a whole test set see :func:`tfsmooth.reproducibility.auc_score` and
+    :func:`tfsmooth.reproducibility.rmse`.
+
+    Args:
+        tasks: the model's heads, from ``("binary", "regression")`` (a single name is accepted).
+
+    Returns:
+        ``{task: [keras metric]}``, for ``model.compile(metrics=...)``.
+
+    Raises:
+        ValueError: for an empty, repeated or unknown task.
+
+    Example:
+
+    >>> from tfsmooth.models import ranking_metrics
+    >>> metrics = ranking_metrics(("binary", "regression"))
+    >>> {task: [metric.name for metric in values] for task, values in metrics.items()}
+    {'binary': ['auc'], 'regression': ['rmse']}
+    >>> rmse = metrics["regression"][0]
+    >>> _ = rmse.update_state([[3.0], [5.0]], [[4.0], [5.0]])
+    >>> round(float(rmse.result()), 4)  # sqrt((1 + 0) / 2)
+    0.7071
+    """
     tasks = _check_tasks(tasks)
     metrics = {
         "binary": lambda: [keras.metrics.AUC(name="auc")],
