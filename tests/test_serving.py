@@ -102,6 +102,19 @@ def test_ranking_model_with_smelu_serves_identically_without_tfsmooth(tmp_path):
         np.testing.assert_allclose(served[task], np.asarray(expected[task]), rtol=1e-6, atol=1e-7)
 
 
+def test_sequential_model_exports_without_an_explicit_signature(tmp_path):
+    # Keras 3 Sequential models have `.inputs` but raise on `.input`.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation=smelu), keras.layers.Dense(1)]
+    )
+    assert input_signature_of(model).shape.as_list() == [None, 6]
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+    served = serve_in_clean_process(export_model(model, tmp_path / "seq"), x)
+    (output,) = served.values()
+    np.testing.assert_allclose(output, np.asarray(model(x)), rtol=1e-6, atol=1e-7)
+
+
 def test_bad_arguments(tmp_path):
     tower, items = two_tower()
     table = np.asarray(items.embeddings)

@@ -50,7 +50,12 @@ def input_signature_of(model: Any) -> Any:
     >>> signature["genres"]
     TensorSpec(shape=(None, 3), dtype=tf.float32, name='genres')
     """
-    inputs = getattr(model, "input", None) if getattr(model, "inputs", None) else None
+    inputs = None
+    if getattr(model, "inputs", None):
+        try:
+            inputs = model.input  # the structure (a dict for named inputs)
+        except AttributeError:  # a Keras 3 Sequential model has .inputs only
+            inputs = model.inputs[0] if len(model.inputs) == 1 else list(model.inputs)
     if inputs is None:
         raise ValueError(
             "Cannot read the inputs of a subclassed or unbuilt model. Pass `input_signature`, "
