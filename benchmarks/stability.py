@@ -1,0 +1,730 @@
+"""Training stability: divergence, AUC and RMSE across learning rates, and optimizer step time.
+
+Part 1 -- a multitask ranking model in the Clippy paper's style (user/item embeddings, genres, a
+DCN cross layer and LayerNorm on a shared bottom, a 256-128-64 MLP, a binary head for
+``rating >= 4`` and a regression head for the rating) trained on MovieLens ``ml-latest-small`` at
+1x, 2x, 4x, 8x and 16x a base learning rate, 3 seeds each, with:
+
+- Keras ``Adagrad``;
+- Adagrad with gradient clipping by global norm (``global_clipnorm``, set near the median gradient
+  norm at the base rate);
+- Adagrad with adaptive gradient clipping (AGC, Brock et al. 2021: each unit's gradient at most
+  ``lambda * max(||w_unit||, 1e-3)``);
+- TFRS ``ClippyAdagrad`` with its defaults (run under tf-keras, in a subprocess);
+- tfsmooth ``ClippyAdagrad`` with its defaults, per variable and per embedding row;
+- tfsmooth ``Clippy(Adam)`` (Adam's own base rate).
+
+A run *diverged* when its loss became NaN/Inf, or when its loss exploded (some batch's loss
+above 10x the mean of its first 10 batches) and the model ended at chance (test AUC below 0.55;
+healthy runs reach about 0.75). A run that ended at chance without ever exploding did not
+diverge: it *did not train* (TFRS's defaults freeze the zero-initialised biases), and is counted
+apart. A :class:`~tfsmooth.callbacks.StabilityMonitor` watches every run without intervening and
+counts loss spikes (> 3x the running average). Tables: divergences per rate, mean test AUC and
+RMSE. A threshold ablation (1x and 16x, every seed) shows why the defaults are what they are.
+
+Part 2 -- optimizer step time on the same model's real gradients (one batch of 1024), measured side
+by side (interleaved rounds, medians): ``apply_gradients`` in a plain ``tf.function`` and inside an
+XLA-compiled one, and a whole training step (``fit``, each flavour's default compile), under
+Keras 3 (ours vs Keras Adagrad) and tf-keras (ours vs tf-keras Adagrad vs TFRS ClippyAdagrad).
+
+Usage::
+
+    python benchmarks/stability.py                 # the full run recorded in RESULTS.md (~30 min)
+    python benchmarks/stability.py --quick         # a smoke run (a few minutes)
+    python benchmarks/stability.py --write         # also rewrite the section of RESULTS.md
+    python benchmarks/stability.py --data PATH     # another MovieLens directory or ratings file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np
+import tensorflow as tf
+from _common import (
+    emit_result,
+    interleaved_times,
+    machine_summary,
+    markdown_table,
+    median_ratios,
+    run_script_in_fresh_process,
+    update_results_section,
+)
+
+from tfsmooth import data as tfsmooth_data
+from tfsmooth import models
+from tfsmooth._keras import KERAS_FLAVOUR, keras
+from tfsmooth.callbacks import StabilityMonitor
+from tfsmooth.optimizers import Clippy, ClippyAdagrad
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURES = os.path.join(HERE, "figures")
+TASKS = ("binary", "regression")
+DIVERGED_AUC = 0.55  # chance is 0.5; healthy runs reach ~0.75
+EXPLOSION_FACTOR = 10.0  # a batch loss above this many times the first batches' mean
+FIRST_BATCHES = 10
+
+#: name -> (label, family, flavour). The family picks the base learning rate.
+OPTIMIZERS = {
+    "adagrad": ("Adagrad", "adagrad", "keras3"),
+    "adagrad_gc": ("Adagrad + global-norm clipping", "adagrad", "keras3"),
+    "adagrad_agc": ("Adagrad + AGC", "adagrad", "keras3"),
+    "tfrs_clippy": ("TFRS ClippyAdagrad (tf-keras)", "adagrad", "tf_keras"),
+    "clippy_adagrad": ("tfsmooth ClippyAdagrad", "adagrad", "keras3"),
+    "clippy_adagrad_row": ("tfsmooth ClippyAdagrad, per row", "adagrad", "keras3"),
+    "clippy_adam": ("tfsmooth Clippy(Adam)", "adam", "keras3"),
+}
+BASELINES = ("adagrad", "adagrad_gc", "adagrad_agc", "tfrs_clippy")
+
+
+class AdaptiveClippingAdagrad(keras.optimizers.Adagrad):
+    """Adagrad after AGC (Brock et al. 2021): unit-wise ``||g|| <= lambda max(||w||, eps)``.
+
+    Units: a Dense/Cross kernel's output columns (norm over the fan-in axis), an embedding's rows
+    (over the looked-up rows of a sparse gradient), the whole of a 1-D variable. Keras 3 only.
+    """
+
+    def __init__(self, learning_rate, clipping=0.01, eps=1e-3, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.clipping, self.eps = clipping, eps
+
+    def _clip(self, gradient, weights, axis):
+        g_norm = tf.norm(gradient, axis=axis, keepdims=axis is not None)
+        w_norm = tf.maximum(tf.norm(weights, axis=axis, keepdims=axis is not None), self.eps)
+        limit = self.clipping * w_norm
+        return tf.where(g_norm > limit, gradient * (limit / tf.maximum(g_norm, 1e-12)), gradient)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if isinstance(gradient, tf.IndexedSlices):
+            rows = tf.gather(variable, gradient.indices)
+            values = self._clip(gradient.values, rows, axis=-1)
+            gradient = tf.IndexedSlices(values, gradient.indices, gradient.dense_shape)
+        else:
+            axis = 0 if gradient.shape.rank and gradient.shape.rank > 1 else None
+            gradient = self._clip(gradient, variable, axis)
+        super().update_step(gradient, variable, learning_rate)
+
+
+def make_optimizer(name: str, learning_rate: float, settings: dict):
+    if name == "adagrad":
+        return keras.optimizers.Adagrad(learning_rate)
+    if name == "adagrad_gc":
+        return keras.optimizers.Adagrad(learning_rate, global_clipnorm=settings["clipnorm"])
+    if name == "adagrad_agc":
+        return AdaptiveClippingAdagrad(learning_rate, clipping=settings["agc"])
+    if name == "tfrs_clippy":
+        import tensorflow_recommenders as tfrs
+
+        return tfrs.experimental.optimizers.ClippyAdagrad(learning_rate)
+    if name == "clippy_adagrad":
+        return ClippyAdagrad(learning_rate, **settings.get("clippy", {}))
+    if name == "clippy_adagrad_row":
+        return ClippyAdagrad(learning_rate, granularity="row")
+    if name == "clippy_adam":
+        return Clippy(keras.optimizers.Adam(learning_rate))
+    raise ValueError(f"`optimizer` unknown. Received: optimizer={name!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Part 1: training runs.
+
+
+def load_data(path: str, quick: bool):
+    ratings = tfsmooth_data.load_ratings(path)
+    data = tfsmooth_data.encode_ranking(ratings, test_fraction=0.2, seed=0)
+    if quick:  # a quarter of the training set
+        keep = len(data.train["label"]) // 4
+        data.train = {k: v[:keep] for k, v in data.train.items()}
+    return data
+
+
+def train_one(data, run: dict, epochs: int, batch_size: int) -> dict:
+    """One training run; returns its losses, divergence, spikes and test metrics."""
+    seed = run["seed"]
+    keras.utils.set_random_seed(seed)
+    model = models.build_ranking_model(
+        data.n_users,
+        data.n_items,
+        data.n_genres,
+        cross=True,
+        layer_norm=True,
+        tasks=TASKS,
+        seed=seed,
+    )
+    optimizer = make_optimizer(run["optimizer"], run["learning_rate"], run.get("settings", {}))
+    model.compile(
+        optimizer=optimizer,
+        loss=models.ranking_losses(TASKS),
+        metrics=models.ranking_metrics(TASKS),
+    )
+    monitor = StabilityMonitor(
+        stop_on_divergence=False, restore_on_divergence=False, log_every=50, verbose=0
+    )
+    began = time.perf_counter()
+    history = model.fit(
+        data.features("train"),
+        data.targets("train", TASKS),
+        batch_size=batch_size,
+        epochs=epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=[monitor],
+    )
+    seconds = time.perf_counter() - began
+    results = model.evaluate(
+        data.features("test"),
+        data.targets("test", TASKS),
+        batch_size=4096,
+        verbose=0,
+        return_dict=True,
+    )
+    losses = [float(r["loss"]) for r in monitor.history]
+    auc = float(results.get("binary_auc", math.nan))
+    rmse = float(results.get("regression_rmse", math.nan))
+    nonfinite = not all(math.isfinite(x) for x in losses) or not math.isfinite(rmse)
+    first = float(np.mean(losses[:FIRST_BATCHES])) if losses else math.nan
+    finite = [x for x in losses if math.isfinite(x)]
+    exploded = bool(finite) and max(finite) > EXPLOSION_FACTOR * first
+    at_chance = not auc >= DIVERGED_AUC
+    return {
+        **{k: v for k, v in run.items() if k != "settings"},
+        "auc": auc,
+        "rmse": rmse,
+        "nonfinite": nonfinite,
+        "exploded": exploded,
+        "diverged": bool(nonfinite or (exploded and at_chance)),
+        "untrained": bool(at_chance and not nonfinite and not exploded),
+        "spikes": int(sum(1 for r in monitor.history if r["spike"])),
+        "max_loss": float(max(losses)) if losses else math.nan,
+        "epoch_loss": [float(x) for x in history.history["loss"]],
+        "curve": [float(np.mean(losses[i : i + 25])) for i in range(0, len(losses), 25)],
+        "seconds": seconds,
+    }
+
+
+def train_many(args, runs: list[dict]) -> list[dict]:
+    data = load_data(args.data, args.quick)
+    out = []
+    for index, run in enumerate(runs):
+        result = train_one(data, run, args.epochs, args.batch_size)
+        out.append(result)
+        print(
+            f"[{index + 1}/{len(runs)}] {run['optimizer']} x{run['multiplier']:g} seed {run['seed']}: "
+            f"AUC {result['auc']:.4f} RMSE {result['rmse']:.4f} spikes {result['spikes']}"
+            f"{' DIVERGED' if result['diverged'] else ''} ({result['seconds']:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return out
+
+
+def planned_runs(args) -> list[dict]:
+    runs = []
+    settings = {"clipnorm": args.clipnorm, "agc": args.agc}
+    for seed in range(args.seeds):
+        for multiplier in args.multipliers:
+            for name, (_, family, _) in OPTIMIZERS.items():
+                base = args.adam_lr if family == "adam" else args.adagrad_lr
+                runs.append(
+                    {
+                        "optimizer": name,
+                        "multiplier": multiplier,
+                        "learning_rate": base * multiplier,
+                        "seed": seed,
+                        "settings": settings,
+                    }
+                )
+    return runs
+
+
+#: (variable_relative_threshold, absolute_threshold) tried; the first is TFRS's default.
+THRESHOLDS = ((0.1, 1e-7), (0.1, 1e-3), (0.1, 1e-2), (0.5, 1e-3), (0.5, 1e-2))
+DEFAULT_THRESHOLDS = (0.1, 1e-3)  # ClippyAdagrad's defaults: taken from the main grid's runs
+ABLATION_MULTIPLIERS = (1.0, 16.0)
+
+
+def ablation_runs(args) -> list[dict]:
+    """ClippyAdagrad's thresholds at 1x and 16x, every seed: why the defaults are the defaults."""
+    runs = []
+    for seed in range(args.seeds):
+        for multiplier in ABLATION_MULTIPLIERS:
+            for relative, absolute in THRESHOLDS:
+                if (relative, absolute) == DEFAULT_THRESHOLDS:
+                    continue
+                runs.append(
+                    {
+                        "optimizer": "clippy_adagrad",
+                        "multiplier": multiplier,
+                        "learning_rate": args.adagrad_lr * multiplier,
+                        "seed": seed,
+                        "relative": relative,
+                        "absolute": absolute,
+                        "settings": {
+                            "clippy": {
+                                "variable_relative_threshold": relative,
+                                "absolute_threshold": absolute,
+                            }
+                        },
+                    }
+                )
+    return runs
+
+
+def ablation_table(ablation: list[dict], results: list[dict]) -> list[list[str]]:
+    """Rows (thresholds x rate): divergences, runs at chance, mean AUC and RMSE over seeds."""
+    defaults = [
+        {**r, "relative": DEFAULT_THRESHOLDS[0], "absolute": DEFAULT_THRESHOLDS[1]}
+        for r in results
+        if r["optimizer"] == "clippy_adagrad" and r["multiplier"] in ABLATION_MULTIPLIERS
+    ]
+    runs = ablation + defaults
+    rows = []
+    for relative, absolute in THRESHOLDS:
+        for multiplier in ABLATION_MULTIPLIERS:
+            group = [
+                r
+                for r in runs
+                if (r["relative"], r["absolute"], r["multiplier"])
+                == (relative, absolute, multiplier)
+            ]
+            if not group:
+                continue
+            label = " (default)" if (relative, absolute) == DEFAULT_THRESHOLDS else ""
+            rows.append(
+                [
+                    f"{relative:g}{label}",
+                    f"{absolute:g}",
+                    f"{multiplier:g}x",
+                    f"{np.mean([r['auc'] for r in group]):.4f}",
+                    f"{np.mean([r['rmse'] for r in group]):.4f}",
+                    f"{sum(r['diverged'] for r in group)}/{len(group)}",
+                    f"{sum(r['untrained'] for r in group)}/{len(group)}",
+                ]
+            )
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Part 2: step time.
+
+
+def timing_candidates(flavour: str) -> dict:
+    if flavour == "keras3":
+        return {
+            "Keras Adagrad": lambda: keras.optimizers.Adagrad(0.04),
+            "ClippyAdagrad": lambda: ClippyAdagrad(0.04),
+            "ClippyAdagrad, no statistics": lambda: ClippyAdagrad(
+                0.04, export_clipping_factors=False
+            ),
+            "ClippyAdagrad, per row": lambda: ClippyAdagrad(0.04, granularity="row"),
+            "Clippy(Adagrad)": lambda: Clippy(keras.optimizers.Adagrad(0.04)),
+        }
+    import tensorflow_recommenders as tfrs
+
+    return {
+        "Keras Adagrad": lambda: keras.optimizers.Adagrad(0.04),
+        "ClippyAdagrad": lambda: ClippyAdagrad(0.04),
+        "ClippyAdagrad, no statistics": lambda: ClippyAdagrad(0.04, export_clipping_factors=False),
+        "TFRS ClippyAdagrad": lambda: tfrs.experimental.optimizers.ClippyAdagrad(0.04),
+        "TFRS ClippyAdagrad, export": lambda: tfrs.experimental.optimizers.ClippyAdagrad(
+            0.04, export_clipping_factors=True
+        ),
+    }
+
+
+def apply_step(optimizer, grads, variables):
+    """A closure (not default arguments: tf.function would turn the variables into tensors)."""
+
+    def step():
+        optimizer.apply_gradients(zip(grads, variables))
+
+    return step
+
+
+def measure_step_time(args) -> dict:
+    """Step times in this process's Keras flavour, all candidates interleaved."""
+    data = load_data(args.data, quick=False)
+    batch = 1024
+    x = {k: v[:batch] for k, v in data.features("train").items()}
+    y = {k: v[:batch] for k, v in data.targets("train", TASKS).items()}
+    losses = models.ranking_losses(TASKS)
+    candidates = timing_candidates(KERAS_FLAVOUR)
+    modes = {"apply, tf.function": False, "apply, XLA": True}
+    if KERAS_FLAVOUR == "tf_keras":
+        modes = {"apply, tf.function": False}  # tf-keras runs optimizers outside XLA on CPU
+    results = {}
+    for mode, jit in modes.items():
+        functions = {}
+        for name, make in candidates.items():
+            model = models.build_ranking_model(
+                data.n_users,
+                data.n_items,
+                data.n_genres,
+                cross=True,
+                layer_norm=True,
+                tasks=TASKS,
+                seed=0,
+            )
+            with tf.GradientTape() as tape:
+                out = model(x, training=True)
+                loss = sum(losses[t](tf.reshape(y[t], out[t].shape), out[t]) for t in TASKS)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer, variables = make(), list(model.trainable_variables)
+            optimizer.build(variables)  # slots created eagerly, outside the tf.function
+            functions[name] = tf.function(apply_step(optimizer, grads, variables), jit_compile=jit)
+        times = interleaved_times(functions, rounds=args.timing_rounds, repeats=10)
+        results[mode] = summarise_times(times)
+    # A whole training step: fit on 20 fixed batches per round, each flavour's default compile.
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(64).take(16).cache()
+    fits = {}
+    for name, make in candidates.items():
+        model = models.build_ranking_model(
+            data.n_users,
+            data.n_items,
+            data.n_genres,
+            cross=True,
+            layer_norm=True,
+            tasks=TASKS,
+            seed=0,
+        )
+        model.compile(optimizer=make(), loss=models.ranking_losses(TASKS))
+        fits[name] = lambda model=model: model.fit(dataset, epochs=1, verbose=0)
+    times = interleaved_times(fits, rounds=max(5, args.timing_rounds // 2), repeats=1)
+    results["training step (fit, batch 64)"] = summarise_times(
+        {k: v / 16 for k, v in times.items()}
+    )
+    return results
+
+
+def summarise_times(times: dict) -> dict:
+    ratios = median_ratios(times, "Keras Adagrad")
+    out = {
+        name: {"ms": float(np.median(t) * 1e3), "vs_adagrad": ratios[name]}
+        for name, t in times.items()
+    }
+    if "TFRS ClippyAdagrad" in times:
+        tfrs = median_ratios(times, "TFRS ClippyAdagrad")
+        for name in out:
+            out[name]["vs_tfrs"] = tfrs[name]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report.
+
+
+def summarise(results: list[dict], multipliers, seeds) -> dict:
+    table = {}
+    for name in OPTIMIZERS:
+        rows = {}
+        for m in multipliers:
+            runs = [r for r in results if r["optimizer"] == name and r["multiplier"] == m]
+            if not runs:
+                continue
+            stable = [r for r in runs if not r["diverged"]]
+            rows[m] = {
+                "diverged": sum(r["diverged"] for r in runs),
+                "untrained": sum(r["untrained"] for r in runs),
+                "exploded": sum(r["exploded"] for r in runs),
+                "runs": len(runs),
+                "auc": float(np.mean([r["auc"] for r in runs])),
+                "rmse": float(np.mean([r["rmse"] for r in runs])),
+                "stable_auc": float(np.mean([r["auc"] for r in stable])) if stable else math.nan,
+                "spikes": float(np.mean([r["spikes"] for r in runs])),
+            }
+        table[name] = rows
+    return table
+
+
+def best_stable(rows: dict) -> tuple:
+    """The rate with the best mean AUC among those where every seed trained and none diverged."""
+    stable = {m: r for m, r in rows.items() if r["diverged"] == 0 and r["untrained"] == 0}
+    if not stable:
+        return None, math.nan, math.nan
+    m = max(stable, key=lambda k: stable[k]["auc"])
+    return m, stable[m]["auc"], stable[m]["rmse"]
+
+
+def check_targets(table: dict, timing: dict | None = None) -> list[str]:
+    lines = []
+    adagrad = table.get("adagrad", {})
+    all_diverge = [m for m, r in adagrad.items() if r["diverged"] == r["runs"]]
+    ours = table.get("clippy_adagrad", {})
+    if all_diverge:
+        limit = max(all_diverge)
+        bad = [m for m, r in ours.items() if m <= limit and r["diverged"]]
+        lines.append(
+            f"- Plain Adagrad diverged in every seed at {', '.join(f'{m:g}x' for m in all_diverge)}; "
+            f"tfsmooth ClippyAdagrad diverged "
+            + ("in no run up to that rate: **met**." if not bad else f"at {bad}: **missed**.")
+        )
+    else:
+        bad = [m for m, r in ours.items() if r["diverged"]]
+        lines.append(
+            "- Plain Adagrad never diverged in every seed at any rate tried, so the first target "
+            "is vacuous here; tfsmooth ClippyAdagrad diverged "
+            + ("in no run." if not bad else f"at {bad}.")
+        )
+    ours_best = best_stable(ours)
+    baselines = {name: best_stable(table[name]) for name in BASELINES if table.get(name)}
+    best_name = max(baselines, key=lambda n: -1 if math.isnan(baselines[n][1]) else baselines[n][1])
+    best = baselines[best_name]
+    verdict = "**met**" if ours_best[1] >= best[1] else "**missed**"
+    lines.append(
+        f"- AUC at the best stable rate: tfsmooth ClippyAdagrad {ours_best[1]:.4f} "
+        f"({ours_best[0]:g}x) vs the best baseline, {OPTIMIZERS[best_name][0]}, {best[1]:.4f} "
+        f"({best[0]:g}x): {verdict}."
+    )
+    for flavour, modes in (timing or {}).items():
+        for mode, values in modes.items():
+            if "ClippyAdagrad" not in values or not mode.startswith("apply"):
+                continue
+            ours_time = values["ClippyAdagrad"]
+            ok = ours_time["vs_adagrad"] <= 1.15
+            text = (
+                f"- Step time ({flavour}, {mode}): ClippyAdagrad {ours_time['vs_adagrad']:.2f}x "
+                f"Keras Adagrad (target <= 1.15x): {'**met**' if ok else '**missed**'}"
+            )
+            if "vs_tfrs" in ours_time:
+                ok_tfrs = ours_time["vs_tfrs"] <= 1.0
+                text += (
+                    f"; {ours_time['vs_tfrs']:.2f}x TFRS ClippyAdagrad (target <= 1x): "
+                    f"{'**met**' if ok_tfrs else '**missed**'}"
+                )
+            lines.append(text + ".")
+    return lines
+
+
+def render(args, results, ablation, timing) -> str:
+    multipliers = args.multipliers
+    table = summarise(results, multipliers, args.seeds)
+    header = ["optimizer"] + [f"{m:g}x" for m in multipliers]
+    divergence_rows, auc_rows, rmse_rows, spike_rows = [], [], [], []
+    for name, rows in table.items():
+        label = OPTIMIZERS[name][0]
+        divergence_rows.append(
+            [label]
+            + [
+                f"{rows[m]['diverged']}/{rows[m]['runs']}"
+                + (f" ({rows[m]['untrained']} untrained)" if rows[m]["untrained"] else "")
+                for m in multipliers
+                if m in rows
+            ]
+        )
+        auc_rows.append([label] + [f"{rows[m]['auc']:.4f}" for m in multipliers if m in rows])
+        rmse_rows.append([label] + [f"{rows[m]['rmse']:.4f}" for m in multipliers if m in rows])
+        spike_rows.append([label] + [f"{rows[m]['spikes']:.1f}" for m in multipliers if m in rows])
+    best_rows = []
+    for name, rows in table.items():
+        m, auc, rmse = best_stable(rows)
+        best_rows.append(
+            [OPTIMIZERS[name][0], "-" if m is None else f"{m:g}x", f"{auc:.4f}", f"{rmse:.4f}"]
+        )
+    command = " ".join(["python benchmarks/stability.py", *args.flags])
+    lines = [
+        f"Command: `{command} --write` ({machine_summary()}; {args.epochs} epochs, batch "
+        f"{args.batch_size}, seeds {args.seeds}; Adagrad-family base rate {args.adagrad_lr:g}, "
+        f"Adam base rate {args.adam_lr:g}; global-norm clipping at {args.clipnorm:g}, AGC "
+        f"lambda {args.agc:g}).",
+        "",
+        "Model: user and item embeddings (32), a genre projection, DCN cross layer + LayerNorm, "
+        "MLP 256-128-64, binary head (rating >= 4, AUC) and regression head (rating, RMSE), "
+        "losses summed. A run *diverged* if its loss went NaN/Inf, or if its loss exploded (a "
+        f"batch above {EXPLOSION_FACTOR:g}x the mean of its first {FIRST_BATCHES}) and the model "
+        f"ended at chance (test AUC < {DIVERGED_AUC}). A run at chance that never exploded "
+        "*did not train* (shown as untrained; it is not a divergence, but no rate with such a "
+        "run counts as stable).",
+        "",
+        "**Divergences per learning-rate multiplier**",
+        "",
+        markdown_table(header, divergence_rows),
+        "",
+        "**Test AUC (mean over seeds, diverged runs included)**",
+        "",
+        markdown_table(header, auc_rows),
+        "",
+        "**Test RMSE (mean over seeds)**",
+        "",
+        markdown_table(header, rmse_rows),
+        "",
+        "**Loss spikes per run (> 3x the running average; StabilityMonitor, observing only)**",
+        "",
+        markdown_table(header, spike_rows),
+        "",
+        "**Best stable rate (no divergence in any seed) and its AUC / RMSE**",
+        "",
+        markdown_table(["optimizer", "rate", "AUC", "RMSE"], best_rows),
+        "",
+        "**Targets**",
+        "",
+        *check_targets(table, timing),
+    ]
+    if ablation:
+        lines += [
+            "",
+            "**ClippyAdagrad thresholds** (`variable_relative_threshold`, `absolute_threshold`; "
+            "1e-7 is TFRS's default; every seed; the defaults' rows are the main grid's runs)",
+            "",
+            markdown_table(
+                ["lambda_rel", "lambda_abs", "rate", "AUC", "RMSE", "diverged", "untrained"],
+                ablation_table(ablation, results),
+            ),
+        ]
+    if timing:
+        for flavour, modes in timing.items():
+            for mode, values in modes.items():
+                header = ["optimizer", "ms", "vs Keras Adagrad"]
+                has_tfrs = any("vs_tfrs" in v for v in values.values())
+                if has_tfrs:
+                    header.append("vs TFRS ClippyAdagrad")
+                rows = []
+                for name, v in values.items():
+                    row = [name, f"{v['ms']:.2f}", f"{v['vs_adagrad']:.2f}x"]
+                    if has_tfrs:
+                        row.append(f"{v['vs_tfrs']:.2f}x")
+                    rows.append(row)
+                lines += [
+                    "",
+                    f"**Step time, {flavour}, {mode}** (median of interleaved rounds)",
+                    "",
+                    markdown_table(header, rows),
+                ]
+    return "\n".join(lines)
+
+
+def plot(args, results) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    table = summarise(results, args.multipliers, args.seeds)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in table.items():
+        ms = sorted(rows)
+        axes[0].plot(ms, [rows[m]["auc"] for m in ms], marker="o", label=OPTIMIZERS[name][0])
+        axes[1].plot(ms, [rows[m]["diverged"] for m in ms], marker="o", label=OPTIMIZERS[name][0])
+    for ax, title in zip(axes, ("test AUC (mean of seeds)", "diverged runs")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("learning rate multiplier")
+        ax.set_title(title)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(FIGURES, exist_ok=True)
+    path = os.path.join(FIGURES, "stability_auc.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default = tfsmooth_data.default_data_path()
+    parser.add_argument("--data", default=None if default is None else str(default))
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--write", action="store_true", help="rewrite RESULTS.md's section")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--multipliers", default=None, help="comma-separated, e.g. 1,2,4,8,16")
+    parser.add_argument("--adagrad-lr", type=float, default=0.04)
+    parser.add_argument("--adam-lr", type=float, default=0.002)
+    parser.add_argument("--clipnorm", type=float, default=5.0)
+    parser.add_argument("--agc", type=float, default=0.01)
+    parser.add_argument("--timing-rounds", type=int, default=None)
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--skip-ablation", action="store_true")
+    parser.add_argument("--worker", choices=("train", "timing"), help=argparse.SUPPRESS)
+    parser.add_argument("--runs", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    flags = list(sys.argv[1:] if argv is None else argv)
+    if "--data" in flags:  # the recorded command names no path of this machine
+        index = flags.index("--data")
+        flags[index : index + 2] = ["--data", "PATH"]
+    args.flags = [f for f in flags if f != "--write"]
+    if args.data is None:
+        parser.error("no --data given and no ml-latest-small beside the repository")
+    args.epochs = args.epochs or (1 if args.quick else 3)
+    args.seeds = args.seeds or (1 if args.quick else 3)
+    multipliers = args.multipliers or ("1,16" if args.quick else "1,2,4,8,16")
+    args.multipliers = [float(m) for m in multipliers.split(",")]
+    args.timing_rounds = args.timing_rounds or (5 if args.quick else 15)
+    return args
+
+
+def worker_arguments(args) -> list[str]:
+    return [
+        "--data",
+        args.data,
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--seeds",
+        str(args.seeds),
+        "--timing-rounds",
+        str(args.timing_rounds),
+    ] + (["--quick"] if args.quick else [])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker == "train":
+        emit_result({"results": train_many(args, json.loads(args.runs))})
+        return 0
+    if args.worker == "timing":
+        emit_result({"timing": measure_step_time(args)})
+        return 0
+
+    runs = planned_runs(args)
+    here = [r for r in runs if OPTIMIZERS[r["optimizer"]][2] == "keras3"]
+    legacy = [r for r in runs if OPTIMIZERS[r["optimizer"]][2] == "tf_keras"]
+    script = os.path.abspath(__file__)
+    env = {"TF_USE_LEGACY_KERAS": "1"}
+    print(f"{len(here)} Keras 3 runs here, {len(legacy)} tf-keras runs in a subprocess", flush=True)
+    legacy_results = run_script_in_fresh_process(
+        script,
+        ["--worker", "train", "--runs", json.dumps(legacy), *worker_arguments(args)],
+        env=env,
+    )["results"]
+    results = train_many(args, here) + legacy_results
+    ablation = [] if args.skip_ablation else train_many(args, ablation_runs(args))
+    timing = {}
+    if not args.skip_timing:
+        timing["Keras 3"] = measure_step_time(args)
+        timing["tf-keras"] = run_script_in_fresh_process(
+            script, ["--worker", "timing", *worker_arguments(args)], env=env
+        )["timing"]
+    report = render(args, results, ablation, timing)
+    figure = plot(args, results)
+    if figure:
+        report += (
+            f"\n\n![AUC and divergences per learning rate](figures/{os.path.basename(figure)})"
+        )
+    print(report)
+    raw = os.path.join(FIGURES, "stability_results.json")
+    os.makedirs(FIGURES, exist_ok=True)
+    with open(raw, "w") as f:
+        json.dump({"runs": results, "ablation": ablation, "timing": timing}, f, indent=1)
+    if args.write:
+        update_results_section(
+            "stability", "## Training stability (`benchmarks/stability.py`)\n\n" + report
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
