@@ -166,6 +166,37 @@ def test_a_micro_spike_is_counted_and_training_goes_on(rng):
     assert len(monitor.history) == 30
 
 
+def test_an_explosion_during_warmup_is_a_spike_and_diverges(rng):
+    # Before the moving average has settled (warmup_steps=20), losses are compared with the mean
+    # of the healthy ones so far: from batch 6 on every batch is ~10^4 times the first ones.
+    x, y = linear_data(rng, 30)
+    y[6 * BATCH :] *= 100.0
+    model = linear_model(keras.optimizers.SGD(0.0))  # the loss is the data's alone
+    initial = [w.copy() for w in model.get_weights()]
+    monitor = StabilityMonitor(spike_patience=3, warmup_steps=20, verbose=0)
+    run(model, x, y, monitor)
+    divergence = monitor.divergence
+    assert divergence["reason"] == "loss spike"
+    assert divergence["onset_step"] == 6 and divergence["step"] == 8
+    assert divergence["restored_step"] == -1
+    for a, b in zip(model.get_weights(), initial):
+        np.testing.assert_array_equal(a, b)
+    # The exploded losses never entered the average: it is the mean of batches 0-5.
+    expected = np.mean([r["loss"] for r in monitor.history][:6])
+    assert [r["spike"] for r in monitor.history] == [False] * 6 + [True] * 3
+    assert monitor.history[-1]["loss_average"] < 2 * expected
+
+
+def test_the_first_batches_cannot_spike_during_warmup(rng):
+    x, y = linear_data(rng, 8)
+    y[BATCH : 2 * BATCH] *= 3.0  # batch 1: ~9x batch 0's loss, but too early to compare
+    y[4 * BATCH : 5 * BATCH] *= 100.0  # batch 4: three healthy batches before it
+    model = linear_model(keras.optimizers.SGD(0.0))
+    monitor = StabilityMonitor(warmup_steps=20, verbose=0)
+    run(model, x, y, monitor)
+    assert [r["step"] for r in monitor.history if r["spike"]] == [4]
+
+
 def test_rollback_without_stopping(rng):
     x, y = linear_data(rng, 30)
     y[12 * BATCH : 15 * BATCH] *= 100.0

@@ -28,6 +28,10 @@ __all__ = ["StabilityMonitor"]
 
 _LOSS_MODES = ("epoch_mean", "batch")
 
+#: Healthy batches before spikes count at all: during ``warmup_steps`` a loss is compared with the
+#: plain mean of the healthy losses so far, once there are this many.
+_MIN_REFERENCE_STEPS = 3
+
 
 def _check_number(name: str, value: Any, *, minimum: float, strict: bool = False) -> float:
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
@@ -95,7 +99,10 @@ class StabilityMonitor(keras.callbacks.Callback):
         spike_factor: ``k``: a batch loss above ``k`` times the running average is a spike.
         spike_patience: ``m``: this many spikes in a row are a divergence.
         average_decay: decay of the loss's moving average (``0.98``: about the last 50 batches).
-        warmup_steps: batches before spikes count (the average settles first).
+        warmup_steps: batches during which the moving average settles. Meanwhile a batch's
+            loss is compared with the plain mean of the healthy losses so far (from the
+            third healthy batch on), so an explosion in the first steps is a spike too; only the
+            first two batches cannot spike (a NaN/Inf loss always diverges).
         layer_factor: a layer's signal above this many times its own average marks its onset.
         stop_on_divergence: stop training on divergence.
         restore_on_divergence: put back the last good weights and optimizer state.
@@ -184,6 +191,7 @@ class StabilityMonitor(keras.callbacks.Callback):
         self._step = 0
         self._average = None
         self._healthy_steps = 0
+        self._healthy_sum = 0.0
         self._streak = 0
         self._streak_start = None
         self._previous_mean = None
@@ -319,12 +327,13 @@ class StabilityMonitor(keras.callbacks.Callback):
             if self._streak_start is None:
                 self._streak_start = step
             return True
-        spike = (
-            self._average is not None
-            and self._healthy_steps >= self.warmup_steps
-            and self._average > 0
-            and loss > self.spike_factor * self._average
-        )
+        if self._healthy_steps >= self.warmup_steps:
+            reference = self._average
+        elif self._healthy_steps >= _MIN_REFERENCE_STEPS:  # the moving average is still settling
+            reference = self._healthy_sum / self._healthy_steps
+        else:
+            reference = None
+        spike = reference is not None and reference > 0 and loss > self.spike_factor * reference
         if spike:
             self._epoch["spikes"] = self._epoch.get("spikes", 0) + 1
             self._streak += 1
@@ -333,6 +342,7 @@ class StabilityMonitor(keras.callbacks.Callback):
             return True
         self._streak, self._streak_start = 0, None
         self._healthy_steps += 1
+        self._healthy_sum += loss
         if self._average is None:
             self._average = loss
         else:
