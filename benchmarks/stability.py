@@ -14,12 +14,13 @@ DCN cross layer and LayerNorm on a shared bottom, a 256-128-64 MLP, a binary hea
 - tfsmooth ``ClippyAdagrad`` with its defaults, per variable and per embedding row;
 - tfsmooth ``Clippy(Adam)`` (Adam's own base rate).
 
-A run *diverged* when its loss became NaN/Inf, or when its loss exploded (some batch's loss
-above 10x the mean of its first 10 batches) and the model ended at chance (test AUC below 0.55;
-healthy runs reach about 0.75). A run that ended at chance without ever exploding did not
-diverge: it *did not train* (TFRS's defaults freeze the zero-initialised biases), and is counted
-apart. A :class:`~tfsmooth.callbacks.StabilityMonitor` watches every run without intervening and
-counts loss spikes (> 3x the running average). Tables: divergences per rate, mean test AUC and
+A run *diverged* when its loss became NaN/Inf, or when its loss blew up (a spike: a batch above
+3x the running average, as the monitor counts it, or any batch above 10x the first batch's, the
+loss at initialisation) and the model ended at chance (test AUC below 0.55; healthy runs reach 0.75-0.79). A run
+that ended at chance without any spike did not diverge: it *did not train* (TFRS's defaults
+freeze the zero-initialised biases), and is counted apart. A
+:class:`~tfsmooth.callbacks.StabilityMonitor` watches every run without intervening and counts
+loss spikes (> 3x the running average). Tables: divergences per rate, mean test AUC and
 RMSE. A threshold ablation (1x and 16x, every seed) shows why the defaults are what they are.
 
 Part 2 -- optimizer step time on the same model's real gradients (one batch of 1024), measured side
@@ -69,8 +70,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FIGURES = os.path.join(HERE, "figures")
 TASKS = ("binary", "regression")
 DIVERGED_AUC = 0.55  # chance is 0.5; healthy runs reach ~0.75
-EXPLOSION_FACTOR = 10.0  # a batch loss above this many times the first batches' mean
-FIRST_BATCHES = 10
+EXPLOSION_FACTOR = 10.0  # a batch loss above this many times the first batch's (at initialisation)
 
 #: name -> (label, family, flavour). The family picks the base learning rate.
 OPTIMIZERS = {
@@ -160,6 +160,9 @@ def train_one(data, run: dict, epochs: int, batch_size: int) -> dict:
         seed=seed,
     )
     optimizer = make_optimizer(run["optimizer"], run["learning_rate"], run.get("settings", {}))
+    thresholds = None
+    if isinstance(optimizer, ClippyAdagrad):
+        thresholds = [optimizer.variable_relative_threshold, optimizer.absolute_threshold]
     model.compile(
         optimizer=optimizer,
         loss=models.ranking_losses(TASKS),
@@ -190,24 +193,32 @@ def train_one(data, run: dict, epochs: int, batch_size: int) -> dict:
     auc = float(results.get("binary_auc", math.nan))
     rmse = float(results.get("regression_rmse", math.nan))
     nonfinite = not all(math.isfinite(x) for x in losses) or not math.isfinite(rmse)
-    first = float(np.mean(losses[:FIRST_BATCHES])) if losses else math.nan
+    first = losses[0] if losses else math.nan  # the loss at initialisation
     finite = [x for x in losses if math.isfinite(x)]
     exploded = bool(finite) and max(finite) > EXPLOSION_FACTOR * first
-    at_chance = not auc >= DIVERGED_AUC
-    return {
-        **{k: v for k, v in run.items() if k != "settings"},
-        "auc": auc,
-        "rmse": rmse,
-        "nonfinite": nonfinite,
-        "exploded": exploded,
-        "diverged": bool(nonfinite or (exploded and at_chance)),
-        "untrained": bool(at_chance and not nonfinite and not exploded),
-        "spikes": int(sum(1 for r in monitor.history if r["spike"])),
-        "max_loss": float(max(losses)) if losses else math.nan,
-        "epoch_loss": [float(x) for x in history.history["loss"]],
-        "curve": [float(np.mean(losses[i : i + 25])) for i in range(0, len(losses), 25)],
-        "seconds": seconds,
-    }
+    return classify(
+        {
+            **{k: v for k, v in run.items() if k != "settings"},
+            "auc": auc,
+            "rmse": rmse,
+            "nonfinite": nonfinite,
+            "exploded": exploded,
+            "thresholds": thresholds,
+            "spikes": int(sum(1 for r in monitor.history if r["spike"])),
+            "max_loss": float(max(losses)) if losses else math.nan,
+            "epoch_loss": [float(x) for x in history.history["loss"]],
+            "curve": [float(np.mean(losses[i : i + 25])) for i in range(0, len(losses), 25)],
+            "seconds": seconds,
+        }
+    )
+
+
+def classify(run: dict) -> dict:
+    """Adds ``diverged`` and ``untrained`` (see the module docstring) from a run's record."""
+    at_chance = not run["auc"] >= DIVERGED_AUC
+    blew_up = run["exploded"] or run["spikes"] > 0
+    diverged = bool(run["nonfinite"] or (at_chance and blew_up))
+    return {**run, "diverged": diverged, "untrained": bool(at_chance and not diverged)}
 
 
 def train_many(args, runs: list[dict]) -> list[dict]:
@@ -232,6 +243,8 @@ def planned_runs(args) -> list[dict]:
     for seed in range(args.seeds):
         for multiplier in args.multipliers:
             for name, (_, family, _) in OPTIMIZERS.items():
+                if args.optimizers and name not in args.optimizers:
+                    continue
                 base = args.adam_lr if family == "adam" else args.adagrad_lr
                 runs.append(
                     {
@@ -247,17 +260,24 @@ def planned_runs(args) -> list[dict]:
 
 #: (variable_relative_threshold, absolute_threshold) tried; the first is TFRS's default.
 THRESHOLDS = ((0.1, 1e-7), (0.1, 1e-3), (0.1, 1e-2), (0.5, 1e-3), (0.5, 1e-2))
-DEFAULT_THRESHOLDS = (0.1, 1e-3)  # ClippyAdagrad's defaults: taken from the main grid's runs
 ABLATION_MULTIPLIERS = (1.0, 16.0)
 
 
+def default_thresholds() -> tuple[float, float]:
+    """ClippyAdagrad's current defaults: the main grid's ClippyAdagrad runs use them."""
+    optimizer = ClippyAdagrad()
+    return optimizer.variable_relative_threshold, optimizer.absolute_threshold
+
+
 def ablation_runs(args) -> list[dict]:
-    """ClippyAdagrad's thresholds at 1x and 16x, every seed: why the defaults are the defaults."""
+    """ClippyAdagrad's thresholds at 1x and 16x, every seed: why the defaults are the defaults.
+
+    The defaults themselves are not run again: the main grid's runs stand for them."""
     runs = []
     for seed in range(args.seeds):
         for multiplier in ABLATION_MULTIPLIERS:
             for relative, absolute in THRESHOLDS:
-                if (relative, absolute) == DEFAULT_THRESHOLDS:
+                if (relative, absolute) == default_thresholds():
                     continue
                 runs.append(
                     {
@@ -265,8 +285,6 @@ def ablation_runs(args) -> list[dict]:
                         "multiplier": multiplier,
                         "learning_rate": args.adagrad_lr * multiplier,
                         "seed": seed,
-                        "relative": relative,
-                        "absolute": absolute,
                         "settings": {
                             "clippy": {
                                 "variable_relative_threshold": relative,
@@ -279,25 +297,22 @@ def ablation_runs(args) -> list[dict]:
 
 
 def ablation_table(ablation: list[dict], results: list[dict]) -> list[list[str]]:
-    """Rows (thresholds x rate): divergences, runs at chance, mean AUC and RMSE over seeds."""
-    defaults = [
-        {**r, "relative": DEFAULT_THRESHOLDS[0], "absolute": DEFAULT_THRESHOLDS[1]}
-        for r in results
-        if r["optimizer"] == "clippy_adagrad" and r["multiplier"] in ABLATION_MULTIPLIERS
-    ]
-    runs = ablation + defaults
+    """Rows (thresholds x rate): divergences, runs at chance, mean AUC and RMSE over seeds.
+
+    Pools the ablation's runs with the main grid's per-variable ClippyAdagrad runs (each run
+    records its thresholds); a main-grid run wins over an ablation run of the same setting."""
+    pool: dict[tuple, dict] = {}
+    for r in ablation + [r for r in results if r["optimizer"] == "clippy_adagrad"]:
+        if r.get("thresholds") and r["multiplier"] in ABLATION_MULTIPLIERS:
+            pool[(*r["thresholds"], r["multiplier"], r["seed"])] = r
+    defaults = default_thresholds()
     rows = []
     for relative, absolute in THRESHOLDS:
         for multiplier in ABLATION_MULTIPLIERS:
-            group = [
-                r
-                for r in runs
-                if (r["relative"], r["absolute"], r["multiplier"])
-                == (relative, absolute, multiplier)
-            ]
+            group = [r for key, r in pool.items() if key[:3] == (relative, absolute, multiplier)]
             if not group:
                 continue
-            label = " (default)" if (relative, absolute) == DEFAULT_THRESHOLDS else ""
+            label = " (default)" if (relative, absolute) == defaults else ""
             rows.append(
                 [
                     f"{relative:g}{label}",
@@ -310,6 +325,36 @@ def ablation_table(ablation: list[dict], results: list[dict]) -> list[list[str]]
                 ]
             )
     return rows
+
+
+def merge_raw(paths: list[str]) -> dict:
+    """Raw results of several runs: a later file's run replaces an earlier one of the same
+    optimizer, rate and seed; a replaced per-variable ClippyAdagrad run (other thresholds) joins
+    the ablation; the timing is the last file's that has one."""
+    runs: dict[tuple, dict] = {}
+    merged = {"ablation": [], "timing": {}, "flags": [], "commands": [], "minutes": 0.0}
+    for path in paths:
+        with open(path) as f:
+            raw = json.load(f)
+        # Runs recorded before each run stored its thresholds: the defaults of the time, or the
+        # ablation's own fields (0.1 and 1e-3 were ClippyAdagrad's defaults before 2026-11).
+        defaults = raw.get("clippy_defaults", [0.1, 1e-3])
+        for r in raw["runs"] + raw["ablation"]:
+            if r["optimizer"].startswith("clippy_adagrad") and not r.get("thresholds"):
+                r["thresholds"] = [r["relative"], r["absolute"]] if "relative" in r else defaults
+        for r in raw["runs"]:
+            key = (r["optimizer"], r["multiplier"], r["seed"])
+            old = runs.get(key)
+            if old is not None and old.get("thresholds") and old["optimizer"] == "clippy_adagrad":
+                merged["ablation"].append(old)
+            runs[key] = r
+        merged["ablation"] += raw["ablation"]
+        merged["timing"] = raw["timing"] or merged["timing"]
+        merged["flags"] = merged["flags"] or raw.get("flags", [])
+        merged["commands"].append(" ".join(["python benchmarks/stability.py", *raw["flags"]]))
+        merged["minutes"] += raw.get("minutes") or 0.0
+    merged["runs"] = list(runs.values())
+    return merged
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -503,7 +548,7 @@ def check_targets(table: dict, timing: dict | None = None) -> list[str]:
     return lines
 
 
-def render(args, results, ablation, timing) -> str:
+def render(args, results, ablation, timing, minutes=None, rendered=False) -> str:
     multipliers = args.multipliers
     table = summarise(results, multipliers, args.seeds)
     header = ["optimizer"] + [f"{m:g}x" for m in multipliers]
@@ -529,19 +574,29 @@ def render(args, results, ablation, timing) -> str:
             [OPTIMIZERS[name][0], "-" if m is None else f"{m:g}x", f"{auc:.4f}", f"{rmse:.4f}"]
         )
     command = " ".join(["python benchmarks/stability.py", *args.flags])
+    if rendered:
+        command = f"python benchmarks/stability.py --render {' '.join(args.render)}"
     lines = [
         f"Command: `{command} --write` ({machine_summary()}; {args.epochs} epochs, batch "
         f"{args.batch_size}, seeds {args.seeds}; Adagrad-family base rate {args.adagrad_lr:g}, "
         f"Adam base rate {args.adam_lr:g}; global-norm clipping at {args.clipnorm:g}, AGC "
-        f"lambda {args.agc:g}).",
+        f"lambda {args.agc:g})"
+        + (f"; the whole run took {minutes:.0f} min." if minutes else ".")
+        + (
+            " Tables rendered with `--render` from the raw results of: "
+            + "; ".join(f"`{c}`" for c in rendered)
+            + " (later runs replace earlier runs of the same optimizer, rate and seed)."
+            if rendered
+            else ""
+        ),
         "",
         "Model: user and item embeddings (32), a genre projection, DCN cross layer + LayerNorm, "
         "MLP 256-128-64, binary head (rating >= 4, AUC) and regression head (rating, RMSE), "
-        "losses summed. A run *diverged* if its loss went NaN/Inf, or if its loss exploded (a "
-        f"batch above {EXPLOSION_FACTOR:g}x the mean of its first {FIRST_BATCHES}) and the model "
-        f"ended at chance (test AUC < {DIVERGED_AUC}). A run at chance that never exploded "
-        "*did not train* (shown as untrained; it is not a divergence, but no rate with such a "
-        "run counts as stable).",
+        "losses summed. A run *diverged* if its loss went NaN/Inf, or if its loss blew up (a "
+        "spike above 3x the running average, as StabilityMonitor counts it, or a batch above "
+        f"{EXPLOSION_FACTOR:g}x the first batch's, the loss at initialisation) and the model ended at "
+        f"chance (test AUC < {DIVERGED_AUC}). A run at chance without any spike *did not train* "
+        "(shown as untrained; not a divergence, but no rate with such a run counts as stable).",
         "",
         "**Divergences per learning-rate multiplier**",
         "",
@@ -647,6 +702,14 @@ def parse_args(argv=None):
     parser.add_argument("--timing-rounds", type=int, default=None)
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--skip-ablation", action="store_true")
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        nargs="+",
+        help="only render the tables from raw results (several: later runs replace earlier ones)",
+    )
+    parser.add_argument("--optimizers", default=None, help="comma-separated subset to train")
+    parser.add_argument("--out", default=None, help="where to write the raw results (JSON)")
     parser.add_argument("--worker", choices=("train", "timing"), help=argparse.SUPPRESS)
     parser.add_argument("--runs", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -654,7 +717,14 @@ def parse_args(argv=None):
     if "--data" in flags:  # the recorded command names no path of this machine
         index = flags.index("--data")
         flags[index : index + 2] = ["--data", "PATH"]
+    if "--render" in flags:
+        del flags[flags.index("--render") :]
     args.flags = [f for f in flags if f != "--write"]
+    if args.optimizers:
+        args.optimizers = args.optimizers.split(",")
+        unknown = [name for name in args.optimizers if name not in OPTIMIZERS]
+        if unknown:
+            parser.error(f"unknown --optimizers {unknown}; known: {list(OPTIMIZERS)}")
     if args.data is None:
         parser.error("no --data given and no ml-latest-small beside the repository")
     args.epochs = args.epochs or (1 if args.quick else 3)
@@ -689,6 +759,33 @@ def main(argv=None) -> int:
         emit_result({"timing": measure_step_time(args)})
         return 0
 
+    if args.render:
+        raw = merge_raw(args.render)
+        paths = args.render
+        args = parse_args([*raw["flags"], "--render", *paths])
+        results = [classify(r) for r in raw["runs"]]
+        ablation = [classify(r) for r in raw["ablation"]]
+        report = render(
+            args,
+            results,
+            ablation,
+            raw["timing"],
+            minutes=raw["minutes"],
+            rendered=raw["commands"],
+        )
+        figure = plot(args, results)
+        if figure:
+            report += (
+                f"\n\n![AUC and divergences per learning rate](figures/{os.path.basename(figure)})"
+            )
+        print(report)
+        if args.write:
+            update_results_section(
+                "stability", "## Training stability (`benchmarks/stability.py`)\n\n" + report
+            )
+        return 0
+
+    began = time.perf_counter()
     runs = planned_runs(args)
     here = [r for r in runs if OPTIMIZERS[r["optimizer"]][2] == "keras3"]
     legacy = [r for r in runs if OPTIMIZERS[r["optimizer"]][2] == "tf_keras"]
@@ -708,17 +805,29 @@ def main(argv=None) -> int:
         timing["tf-keras"] = run_script_in_fresh_process(
             script, ["--worker", "timing", *worker_arguments(args)], env=env
         )["timing"]
-    report = render(args, results, ablation, timing)
+    minutes = (time.perf_counter() - began) / 60
+    report = render(args, results, ablation, timing, minutes=minutes)
     figure = plot(args, results)
     if figure:
         report += (
             f"\n\n![AUC and divergences per learning rate](figures/{os.path.basename(figure)})"
         )
     print(report)
-    raw = os.path.join(FIGURES, "stability_results.json")
-    os.makedirs(FIGURES, exist_ok=True)
+    raw = args.out or os.path.join(FIGURES, "stability_results.json")
+    os.makedirs(os.path.dirname(os.path.abspath(raw)), exist_ok=True)
     with open(raw, "w") as f:
-        json.dump({"runs": results, "ablation": ablation, "timing": timing}, f, indent=1)
+        json.dump(
+            {
+                "runs": results,
+                "ablation": ablation,
+                "timing": timing,
+                "flags": args.flags,
+                "clippy_defaults": list(default_thresholds()),
+                "minutes": minutes,
+            },
+            f,
+            indent=1,
+        )
     if args.write:
         update_results_section(
             "stability", "## Training stability (`benchmarks/stability.py`)\n\n" + report
