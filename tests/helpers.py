@@ -105,3 +105,26 @@ def serve_in_clean_process(path, inputs, signature: str = "") -> dict:
     payload = json.loads(lines[-1][len("RESULT") :])
     assert payload["tfsmooth_modules"] == [], payload["tfsmooth_modules"]
     return {k: np.asarray(v) for k, v in payload["outputs"].items()}
+
+
+def public_objects():
+    """``("submodule.name", object)`` for every name in a tfsmooth submodule's ``__all__``.
+
+    Subpackages and names that need TFRS are skipped under Keras 3 (``tasks.CatalogRetrieval`` is
+    built on first use and raises ``ImportError`` there).
+    """
+    import importlib
+
+    import tfsmooth
+
+    for submodule in tfsmooth._SUBMODULES:
+        try:
+            module = importlib.import_module(f"tfsmooth.{submodule}")
+        except ImportError:
+            continue
+        for name in getattr(module, "__all__", []):
+            try:
+                obj = getattr(module, name)
+            except ImportError:
+                continue
+            yield f"{submodule}.{name}", obj

@@ -14,12 +14,12 @@ that), so the whole file takes well under a second once TensorFlow is imported.
 from __future__ import annotations
 
 import ast
-import importlib
 import inspect
 import pathlib
 import re
 
 import pytest
+from helpers import public_objects
 
 import tfsmooth
 
@@ -35,32 +35,17 @@ ALLOWLIST: dict[str, dict[str, str]] = {}
 BEING_EDITED = ("optimizers", "callbacks", "losses")
 
 
-def _public_objects():
-    """``("submodule.name", object)`` for every name in a submodule's ``__all__``."""
-    for submodule in tfsmooth._SUBMODULES:
-        try:
-            module = importlib.import_module(f"tfsmooth.{submodule}")
-        except ImportError:  # a subpackage that needs TFRS, under Keras 3
-            continue
-        for name in getattr(module, "__all__", []):
-            try:
-                obj = getattr(module, name)
-            except ImportError:  # built on first use and needs TFRS (tasks.CatalogRetrieval)
-                continue
-            yield f"{submodule}.{name}", obj
-
-
 def _is_documented_kind(obj) -> bool:
     return inspect.isclass(obj) or inspect.isfunction(obj)
 
 
 def _documented():
-    return [pytest.param(q, obj, id=q) for q, obj in _public_objects() if _is_documented_kind(obj)]
+    return [pytest.param(q, obj, id=q) for q, obj in public_objects() if _is_documented_kind(obj)]
 
 
 def _constants():
     return [
-        pytest.param(q, obj, id=q) for q, obj in _public_objects() if not _is_documented_kind(obj)
+        pytest.param(q, obj, id=q) for q, obj in public_objects() if not _is_documented_kind(obj)
     ]
 
 
@@ -133,7 +118,7 @@ def test_public_constant_has_a_comment(qualified, obj):
 
 def test_the_check_sees_the_whole_api():
     """Guards the test itself: it walks every submodule and recognises a complete docstring."""
-    names = {q for q, obj in _public_objects() if _is_documented_kind(obj)}
+    names = {q for q, obj in public_objects() if _is_documented_kind(obj)}
     assert {
         "activations.smelu",
         "layers.SmeLU",

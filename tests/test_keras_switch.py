@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib
 import inspect
 import os
 import pathlib
@@ -12,6 +11,7 @@ import sys
 
 import pytest
 import tensorflow as tf
+from helpers import public_objects
 
 import tfsmooth
 from tfsmooth import _keras
@@ -83,20 +83,6 @@ def test_only_the_switch_module_asks_which_keras():
     assert any(what == "tf.keras" for _, what in _keras_questions(switch))
 
 
-def _public_objects():
-    for name in tfsmooth._SUBMODULES:
-        try:
-            module = importlib.import_module(f"tfsmooth.{name}")
-        except ImportError:  # a subpackage that needs TFRS, under Keras 3
-            continue
-        for attr in getattr(module, "__all__", []):
-            try:
-                obj = getattr(module, attr)
-            except ImportError:  # built on first use and needs TFRS (tasks.CatalogRetrieval)
-                continue
-            yield f"{name}.{attr}", obj
-
-
 def _needs_registration(obj) -> bool:
     keras = _keras.keras
     bases = (
@@ -113,7 +99,7 @@ def _needs_registration(obj) -> bool:
 def test_every_public_keras_object_is_registered_under_tfsmooth():
     keras = _keras.keras
     checked = []
-    for qualified, obj in _public_objects():
+    for qualified, obj in public_objects():
         is_activation = qualified.startswith("activations.") and inspect.isfunction(obj)
         if not (is_activation or _needs_registration(obj)):
             continue
