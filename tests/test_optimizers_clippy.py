@@ -227,7 +227,8 @@ def test_mixed_precision(optimizer, rng):
         if optimizer == "clippy_adam":
             chosen, relative, absolute = clippy_adam(), ADAM["variable_relative_threshold"], 1e-3
         else:
-            chosen, relative, absolute = ClippyAdagrad(0.5, absolute_threshold=0.01), 0.1, 0.01
+            chosen = ClippyAdagrad(0.5, variable_relative_threshold=0.1, absolute_threshold=0.01)
+            relative, absolute = 0.1, 0.01
         model.compile(optimizer=chosen, loss="mse")
         assert isinstance(model.optimizer, keras.mixed_precision.LossScaleOptimizer)
         for _ in range(4):
@@ -292,7 +293,7 @@ def test_trained_model_exports_and_serves_without_tfsmooth(rng, tmp_path):
 def test_sparse_updates_touch_only_what_the_inner_optimizer_moves():
     """ClippyAdagrad moves only looked-up rows; Clippy(Adam) also clips what momentum moves."""
     for optimizer, momentum_moves_rows in (
-        (ClippyAdagrad(0.1), False),
+        (ClippyAdagrad(0.1, variable_relative_threshold=0.1), False),
         (Clippy(keras.optimizers.SGD(0.1, momentum=0.9), absolute_threshold=1e-2), True),
     ):
         table = tf.Variable(np.ones(TABLE, np.float32))

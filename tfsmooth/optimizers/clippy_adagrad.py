@@ -181,7 +181,7 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, _keras.OptimizerBase):
         self,
         learning_rate: Any = 0.05,
         initial_accumulator_value: float = 0.1,
-        variable_relative_threshold: float = 0.1,
+        variable_relative_threshold: float = 0.5,
         accumulator_relative_threshold: float = 0.0,
         absolute_threshold: float = 1e-3,
         epsilon: float = 1e-7,
