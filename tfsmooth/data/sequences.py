@@ -89,11 +89,13 @@ class SequenceSplits:
         return self.train_inputs.shape[1]
 
     def summary(self) -> str:
-        """One line: users, items, ``max_length``, the median and largest interactions per user."""
+        """One line: users, items, ``max_length``, and the median and largest number of items per
+        user that the splits keep (at most ``max_length + 1``: older interactions are cut)."""
         lengths = (self.test_inputs > 0).sum(axis=1) + 1
         return (
             f"{self.num_users} users, {self.num_items} items, max_length {self.max_length}; "
-            f"interactions per user: median {int(np.median(lengths))}, max {int(lengths.max())}"
+            f"items kept per user (at most max_length + 1): median {int(np.median(lengths))}, "
+            f"max {int(lengths.max())}"
         )
 
 
