@@ -32,8 +32,13 @@ Keras 3 (ours vs Keras Adagrad) and tf-keras (ours vs tf-keras Adagrad vs TFRS C
 
 Usage::
 
-    python benchmarks/stability.py                 # the full run recorded in RESULTS.md (~30 min)
-    python benchmarks/stability.py --quick         # a smoke run (a few minutes)
+    python benchmarks/stability.py                 # the full run recorded in RESULTS.md (~25 min)
+    python benchmarks/stability.py --quick         # a smoke run (a few minutes; 1 epoch on a
+                                                   # quarter of the data: its tables show that
+                                                   # everything runs, not the figures)
+    python benchmarks/stability.py --optimizers clippy_adagrad,clippy_adagrad_row \
+        --skip-timing --skip-ablation --out new.json       # a subset of the grid
+    python benchmarks/stability.py --render old.json new.json --write  # merged tables
     python benchmarks/stability.py --write         # also rewrite the section of RESULTS.md
     python benchmarks/stability.py --data PATH     # another MovieLens directory or ratings file
 """
