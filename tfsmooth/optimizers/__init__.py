@@ -23,7 +23,20 @@ from tfsmooth.optimizers.clippy_adagrad import ClippyAdagrad, clippy_adagrad_ste
 def find_clippy(optimizer: Any):
     """The Clippy optimizer inside ``optimizer`` (itself, or wrapped by a LossScaleOptimizer).
 
-    Returns ``None`` when there is none.
+    Args:
+        optimizer: any optimizer (or ``None``).
+
+    Returns:
+        The :class:`ClippyAdagrad` or :class:`Clippy` found by following ``inner_optimizer``
+        (at most 8 levels), or ``None`` when there is none.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from tfsmooth.optimizers import ClippyAdagrad, find_clippy
+    >>> clippy = ClippyAdagrad()
+    >>> find_clippy(clippy) is clippy, find_clippy(tf.keras.optimizers.SGD()) is None
+    (True, True)
     """
     seen = 0
     while optimizer is not None and seen < 8:
@@ -44,6 +57,17 @@ def clipping_statistics(optimizer: Any) -> dict[str, dict[str, float]]:
     Returns:
         ``{variable_path: {"clipping_factor", "update_ratio", "gradient_norm",
         "variable_norm"}}``, read to the host; ``{}`` when the optimizer records nothing.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from tfsmooth.optimizers import ClippyAdagrad, clipping_statistics
+    >>> w = tf.Variable([1.0, 0.0], name="w")
+    >>> optimizer = ClippyAdagrad(learning_rate=0.5)
+    >>> _ = optimizer.apply_gradients([(tf.constant([1.0, -2.0]), w)])
+    >>> (stats,) = clipping_statistics(optimizer).values()
+    >>> sorted(stats)
+    ['clipping_factor', 'gradient_norm', 'update_ratio', 'variable_norm']
     """
     clippy = find_clippy(optimizer)
     return {} if clippy is None else clippy.clipping_statistics()

@@ -47,6 +47,14 @@ class ShrunkUpdate(NamedTuple):
         ratio: the update-to-bound ratio ``max_i |u_i| / b_i`` (same shape as ``factor``), the
             paper's early-warning signal: ``sigma = min(1, 1 / ratio)``. Unlike ``factor`` it keeps
             moving while no clipping happens (``ratio < 1``); ``0`` for an all-zero update.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from tfsmooth.optimizers import shrink_update
+    >>> update, factor, ratio = shrink_update(tf.constant([0.5, -0.1]), [tf.ones(2)], [0.1], 0.0)
+    >>> round(float(ratio), 6), round(float(factor), 6)  # 0.5 against a bound of 0.1 * |1|
+    (5.0, 0.2)
     """
 
     update: tf.Tensor
@@ -115,7 +123,7 @@ def shrink_update(
     >>> from tfsmooth.optimizers import shrink_update
     >>> w = tf.constant([1.0, 0.1])
     >>> result = shrink_update(tf.constant([1.0, 1.0]), [w], [0.1], 0.01)
-    >>> result.factor.numpy()  # the second coordinate may move 0.1 * 0.1 + 0.01 = 0.02
+    >>> round(float(result.factor), 6)  # the second coordinate may move 0.1 * 0.1 + 0.01 = 0.02
     0.02
     >>> result.update.numpy()
     array([0.02, 0.02], dtype=float32)

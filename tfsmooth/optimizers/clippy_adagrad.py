@@ -68,6 +68,21 @@ def clippy_adagrad_step(
 
     Returns:
         A :class:`ClippyAdagradStep`.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from tfsmooth.optimizers import clippy_adagrad_step
+    >>> step = clippy_adagrad_step(
+    ...     tf.constant([1.0, -2.0]), tf.constant([1.0, 0.0]), tf.ones(2), 0.5,
+    ...     variable_relative_threshold=0.5, accumulator_relative_threshold=0.0,
+    ...     absolute_threshold=0.1, epsilon=0.0)
+    >>> # eta * r = [0.5, -1.0] against bounds [0.5 * 1 + 0.1, 0.1]: ratio 10, factor 0.1
+    >>> step.update.numpy(), step.accumulator_increment.numpy()
+    (array([ 0.05, -0.1 ], dtype=float32), array([1., 4.], dtype=float32))
+
+    References:
+        - [Tang et al. (2023), Algorithm 1](https://arxiv.org/abs/2302.09178)
     """
     square = gradient * gradient
     if use_standard_accumulator_update:
