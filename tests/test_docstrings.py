@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 from helpers import public_objects
@@ -125,3 +128,37 @@ def test_the_check_sees_the_whole_api():
         """No sections here."""
 
     assert _missing_sections(undocumented) == ["Example (with >>> lines)", "Args", "Returns"]
+
+
+_RUN_EXAMPLES = """
+import doctest, importlib, pkgutil, sys
+import tfsmooth
+
+failed = 0
+for info in pkgutil.walk_packages(tfsmooth.__path__, "tfsmooth."):
+    if info.name.endswith(("__main__", ".cli")):
+        continue
+    try:
+        module = importlib.import_module(info.name)
+    except ImportError:  # needs TFRS, under Keras 3
+        continue
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    failed += doctest.testmod(module, optionflags=flags).failed
+sys.exit(1 if failed else 0)
+"""
+
+
+@pytest.mark.slow
+def test_every_example_runs():
+    """The docstrings' examples run and print what they say, in a fresh process (no state from
+    other tests), in this process's Keras flavour."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", _RUN_EXAMPLES],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-6000:]
