@@ -804,17 +804,7 @@ def main(argv=None) -> int:
             minutes=raw["minutes"],
             rendered=raw["commands"],
         )
-        figure = plot(args, results)
-        if figure:
-            report += (
-                f"\n\n![AUC and divergences per learning rate](figures/{os.path.basename(figure)})"
-            )
-        print(report)
-        if args.write:
-            update_results_section(
-                "stability", "## Training stability (`benchmarks/stability.py`)\n\n" + report
-            )
-        return 0
+        return publish(args, results, report)
 
     began = time.perf_counter()
     runs = planned_runs(args)
@@ -853,6 +843,11 @@ def main(argv=None) -> int:
             indent=1,
         )
     report = render(args, results, ablation, timing, minutes=minutes)
+    return publish(args, results, report)
+
+
+def publish(args, results, report: str) -> int:
+    """Adds the figure to the report, prints it and, with ``--write``, records it in RESULTS.md."""
     figure = plot(args, results)
     if figure:
         report += (
