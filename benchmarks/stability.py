@@ -163,11 +163,9 @@ def load_data(path: str, quick: bool):
     return data
 
 
-def train_one(data, run: dict, epochs: int, batch_size: int) -> dict:
-    """One training run; returns its losses, divergence, spikes and test metrics."""
-    seed = run["seed"]
-    keras.utils.set_random_seed(seed)
-    model = models.build_ranking_model(
+def build_model(data, seed: int):
+    """The benchmark's multitask ranking model: DCN cross layer and LayerNorm, both heads."""
+    return models.build_ranking_model(
         data.n_users,
         data.n_items,
         data.n_genres,
@@ -176,6 +174,13 @@ def train_one(data, run: dict, epochs: int, batch_size: int) -> dict:
         tasks=TASKS,
         seed=seed,
     )
+
+
+def train_one(data, run: dict, epochs: int, batch_size: int) -> dict:
+    """One training run; returns its losses, divergence, spikes and test metrics."""
+    seed = run["seed"]
+    keras.utils.set_random_seed(seed)
+    model = build_model(data, seed)
     optimizer = make_optimizer(run["optimizer"], run["learning_rate"], run.get("settings", {}))
     thresholds = None
     if isinstance(optimizer, ClippyAdagrad):
@@ -438,15 +443,7 @@ def measure_step_time(args) -> dict:
     for mode, jit in modes.items():
         functions = {}
         for name, make in candidates.items():
-            model = models.build_ranking_model(
-                data.n_users,
-                data.n_items,
-                data.n_genres,
-                cross=True,
-                layer_norm=True,
-                tasks=TASKS,
-                seed=0,
-            )
+            model = build_model(data, 0)
             with tf.GradientTape() as tape:
                 out = model(x, training=True)
                 loss = sum(losses[t](tf.reshape(y[t], out[t].shape), out[t]) for t in TASKS)
@@ -460,15 +457,7 @@ def measure_step_time(args) -> dict:
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(64).take(16).cache()
     fits = {}
     for name, make in candidates.items():
-        model = models.build_ranking_model(
-            data.n_users,
-            data.n_items,
-            data.n_genres,
-            cross=True,
-            layer_norm=True,
-            tasks=TASKS,
-            seed=0,
-        )
+        model = build_model(data, 0)
         model.compile(optimizer=make(), loss=models.ranking_losses(TASKS))
         fits[name] = lambda model=model: model.fit(dataset, epochs=1, verbose=0)
     times = interleaved_times(fits, rounds=max(5, args.timing_rounds // 2), repeats=1)
