@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from tfsmooth import _keras
 from tfsmooth._keras import keras, register_serializable
+from tfsmooth._validation import check_bool, check_int
 
 __all__ = ["StabilityMonitor"]
 
@@ -40,18 +41,6 @@ def _check_number(name: str, value: Any, *, minimum: float, strict: bool = False
         sign = ">" if strict else ">="
         raise ValueError(f"`{name}` must be {sign} {minimum:g}. Received: {name}={value!r}")
     return float(value)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    return int(value)
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
-    return value
 
 
 def _layer_of(path: str) -> str:
@@ -152,30 +141,30 @@ class StabilityMonitor(keras.callbacks.Callback):
     ):
         super().__init__()
         self.spike_factor = _check_number("spike_factor", spike_factor, minimum=1.0, strict=True)
-        self.spike_patience = _check_int("spike_patience", spike_patience, 1)
+        self.spike_patience = check_int("spike_patience", spike_patience, 1)
         self.average_decay = _check_number("average_decay", average_decay, minimum=0.0)
         if self.average_decay >= 1.0:
             raise ValueError(
                 f"`average_decay` must be < 1. Received: average_decay={average_decay!r}"
             )
-        self.warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
         self.layer_factor = _check_number("layer_factor", layer_factor, minimum=1.0, strict=True)
-        self.stop_on_divergence = _check_bool("stop_on_divergence", stop_on_divergence)
-        self.restore_on_divergence = _check_bool("restore_on_divergence", restore_on_divergence)
-        self.snapshot_every = _check_int("snapshot_every", snapshot_every, 1)
-        self.log_every = _check_int("log_every", log_every, 1)
+        self.stop_on_divergence = check_bool("stop_on_divergence", stop_on_divergence)
+        self.restore_on_divergence = check_bool("restore_on_divergence", restore_on_divergence)
+        self.snapshot_every = check_int("snapshot_every", snapshot_every, 1)
+        self.log_every = check_int("log_every", log_every, 1)
         if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"`log_dir` must be a path or None. Received: log_dir={log_dir!r}")
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
-        self.log_layers = _check_bool("log_layers", log_layers)
+        self.log_layers = check_bool("log_layers", log_layers)
         if loss_in_logs not in _LOSS_MODES:
             raise ValueError(
                 f"`loss_in_logs` must be one of {list(_LOSS_MODES)}. "
                 f"Received: loss_in_logs={loss_in_logs!r}"
             )
         self.loss_in_logs = loss_in_logs
-        self.history_size = _check_int("history_size", history_size, 1)
-        self.verbose = _check_int("verbose", verbose, 0)
+        self.history_size = check_int("history_size", history_size, 1)
+        self.verbose = check_int("verbose", verbose, 0)
         self._reset()
 
     # ------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tfsmooth._keras import keras
+from tfsmooth._validation import check_int
 from tfsmooth.metrics.prediction_difference import prediction_difference
 
 __all__ = [
@@ -647,12 +648,6 @@ def op_determinism(enabled: bool = True) -> Iterator[None]:
             disable()
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    return int(value)
-
-
 def _length(structure: Any, name: str) -> int:
     leaves = tf.nest.flatten(structure)
     if not leaves:
@@ -893,10 +888,10 @@ def train_replicas(
                 f"`build_model` must be callable (or a mapping of callables). Received: "
                 f"{name}={builder!r}"
             )
-    replicas = _check_int("replicas", replicas, 2)
-    epochs = _check_int("epochs", epochs, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
+    replicas = check_int("replicas", replicas, 2)
+    epochs = check_int("epochs", epochs, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0)
     if vary not in VARY:
         raise ValueError(f"`vary` must be one of {list(VARY)}. Received: vary={vary!r}")
     x_train, y_train = _split_xy(train, "train")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from tfsmooth._validation import check_int
 
 __all__ = ["SequenceSplits", "build_sequences"]
 
@@ -99,12 +100,6 @@ class SequenceSplits:
         )
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    return int(value)
-
-
 def _left_pad(sequence: np.ndarray, length: int) -> np.ndarray:
     row = np.zeros(length, np.int32)
     tail = sequence[-length:] if length else sequence[:0]
@@ -151,8 +146,8 @@ def build_sequences(
         - [Kang, McAuley. Self-Attentive Sequential Recommendation (2018)](
           https://arxiv.org/abs/1808.09781) (the leave-last-out protocol)
     """
-    max_length = _check_int("max_length", max_length, 1)
-    min_interactions = _check_int("min_interactions", min_interactions, 3)
+    max_length = check_int("max_length", max_length, 1)
+    min_interactions = check_int("min_interactions", min_interactions, 3)
     frame = getattr(ratings, "ratings", ratings)
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(

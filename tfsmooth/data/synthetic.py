@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from tfsmooth._validation import check_int
 from tfsmooth.data.ratings import Ratings
 
 __all__ = ["synthetic_ratings"]
@@ -34,12 +35,6 @@ _GENRE_NAMES = (
 
 _START = 946_684_800  # 2000-01-01, seconds
 _SPAN = 20 * 365 * 86_400  # twenty years
-
-
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    return int(value)
 
 
 def _check_float(name: str, value, minimum: float = 0.0) -> float:
@@ -109,11 +104,11 @@ def synthetic_ratings(
     >>> len(data.ratings)
     1000
     """
-    n_users = _check_count("n_users", n_users, 1)
-    n_items = _check_count("n_items", n_items, 2)
-    n_ratings = _check_count("n_ratings", n_ratings, 1)
-    n_factors = _check_count("n_factors", n_factors, 1)
-    n_genres = _check_count("n_genres", n_genres, 1)
+    n_users = check_int("n_users", n_users, 1)
+    n_items = check_int("n_items", n_items, 2)
+    n_ratings = check_int("n_ratings", n_ratings, 1)
+    n_factors = check_int("n_factors", n_factors, 1)
+    n_genres = check_int("n_genres", n_genres, 1)
     if n_genres > len(_GENRE_NAMES):
         raise ValueError(
             f"`n_genres` must be <= {len(_GENRE_NAMES)}. Received: n_genres={n_genres}"

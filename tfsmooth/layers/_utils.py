@@ -20,12 +20,6 @@ def check_number(name: str, value: Any, *, positive: bool = False) -> float:
     return float(value)
 
 
-def check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
-    return value
-
-
 def parameter_shape(input_shape, per_channel: bool, layer: str) -> tuple:
     """() for one shared parameter, (channels,) for one per channel (the last axis)."""
     if not per_channel:

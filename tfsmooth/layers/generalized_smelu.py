@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tfsmooth import activations
 from tfsmooth._keras import keras, register_serializable
+from tfsmooth._validation import check_bool
 from tfsmooth.layers import _utils
 
 PARAMETERS = ("alpha", "beta", "negative_slope", "positive_slope", "offset")
@@ -105,7 +106,7 @@ class GeneralizedSmeLU(keras.layers.Layer):
                 f"alpha + beta={self.alpha + self.beta!r}"
             )
         self.learnable = _learnable_names(learnable)
-        self.per_channel = _utils.check_bool("per_channel", per_channel)
+        self.per_channel = check_bool("per_channel", per_channel)
         if per_channel and not self.learnable:
             raise ValueError(
                 "`per_channel=True` needs at least one learnable parameter. "

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfsmooth import activations
 from tfsmooth._keras import keras, register_serializable
+from tfsmooth._validation import check_bool
 from tfsmooth.layers import _utils
 
 
@@ -64,8 +65,8 @@ class SmeLU(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.beta = _utils.check_number("beta", beta, positive=True)
-        self.learnable = _utils.check_bool("learnable", learnable)
-        self.per_channel = _utils.check_bool("per_channel", per_channel)
+        self.learnable = check_bool("learnable", learnable)
+        self.per_channel = check_bool("per_channel", per_channel)
         self.min_beta = _utils.check_number("min_beta", min_beta, positive=True)
         if self.min_beta > self.beta:
             raise ValueError(

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsmooth._keras import IS_KERAS_3, keras, register_serializable
+from tfsmooth._validation import check_int
 from tfsmooth.losses import CatalogCrossEntropy, SampledSoftmaxCrossEntropy, ScalableCrossEntropy
 from tfsmooth.losses import _utils as _loss_utils
 from tfsmooth.losses._base import CatalogLoss
@@ -69,12 +70,6 @@ def _make_loss(loss: Any, num_negatives: int) -> CatalogLoss:
         f"`loss` must be one of {LOSSES} or a tfsmooth catalog loss (CatalogCrossEntropy, "
         f"ScalableCrossEntropy, SampledSoftmaxCrossEntropy). Received: loss={loss!r}"
     )
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    return int(value)
 
 
 @register_serializable
@@ -146,12 +141,12 @@ class SASRec(keras.Model):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.num_items = _check_int("num_items", num_items, 1)
-        self.max_length = _check_int("max_length", max_length, 1)
-        self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
-        self.num_blocks = _check_int("num_blocks", num_blocks, 0)
-        self.num_heads = _check_int("num_heads", num_heads, 1)
-        self.num_negatives = _check_int("num_negatives", num_negatives, 1)
+        self.num_items = check_int("num_items", num_items, 1)
+        self.max_length = check_int("max_length", max_length, 1)
+        self.embedding_dim = check_int("embedding_dim", embedding_dim, 1)
+        self.num_blocks = check_int("num_blocks", num_blocks, 0)
+        self.num_heads = check_int("num_heads", num_heads, 1)
+        self.num_negatives = check_int("num_negatives", num_negatives, 1)
         if self.embedding_dim % self.num_heads:
             raise ValueError(
                 "`embedding_dim` must be divisible by `num_heads`. "

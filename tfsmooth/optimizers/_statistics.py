@@ -44,12 +44,6 @@ def check_threshold(name: str, value: Any) -> float:
     return float(value)
 
 
-def check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
-    return value
-
-
 def check_granularity(value: Any) -> str:
     if value not in GRANULARITIES:
         raise ValueError(

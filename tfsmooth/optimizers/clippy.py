@@ -7,6 +7,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfsmooth import _keras
+from tfsmooth._validation import check_bool
 from tfsmooth.optimizers import _statistics
 from tfsmooth.optimizers.clipping import _shrink
 
@@ -84,7 +85,7 @@ class Clippy(_statistics.ClippingStatisticsMixin, _keras.OptimizerWrapperBase):
         absolute = _statistics.check_threshold("absolute_threshold", absolute_threshold)
         _statistics.check_bound(relative, absolute)
         granularity = _statistics.check_granularity(granularity)
-        export = _statistics.check_bool("export_clipping_factors", export_clipping_factors)
+        export = check_bool("export_clipping_factors", export_clipping_factors)
         inner = _keras.keras.optimizers.get(optimizer)
         if not isinstance(inner, _keras.keras.optimizers.Optimizer):
             raise TypeError(

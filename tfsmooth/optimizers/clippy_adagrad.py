@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import tensorflow as tf
 
 from tfsmooth import _keras
+from tfsmooth._validation import check_bool
 from tfsmooth.optimizers import _statistics
 from tfsmooth.optimizers.clipping import _shrink
 
@@ -240,13 +241,9 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, _keras.OptimizerBase):
             ),
             absolute_threshold=check("absolute_threshold", absolute_threshold),
             epsilon=check("epsilon", epsilon),
-            export_clipping_factors=_statistics.check_bool(
-                "export_clipping_factors", export_clipping_factors
-            ),
-            clip_accumulator_update=_statistics.check_bool(
-                "clip_accumulator_update", clip_accumulator_update
-            ),
-            use_standard_accumulator_update=_statistics.check_bool(
+            export_clipping_factors=check_bool("export_clipping_factors", export_clipping_factors),
+            clip_accumulator_update=check_bool("clip_accumulator_update", clip_accumulator_update),
+            use_standard_accumulator_update=check_bool(
                 "use_standard_accumulator_update", use_standard_accumulator_update
             ),
             granularity=_statistics.check_granularity(granularity),
