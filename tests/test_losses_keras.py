@@ -14,12 +14,6 @@ from tfsmooth.losses import CatalogCrossEntropy, SampledSoftmaxCrossEntropy, Sca
 N, C, D = 64, 500, 16
 
 
-@pytest.fixture
-def strategy(mirrored_strategy):
-    """The conftest MirroredStrategy (two logical CPUs, reduction through one device)."""
-    return mirrored_strategy
-
-
 @pytest.mark.parametrize(
     "loss",
     [
@@ -162,13 +156,13 @@ def _one_sgd_step(model, loss, user_ids, item_ids):
     return [w.numpy() for w in (model.user_embedding.embeddings, model.item_embedding.embeddings)]
 
 
-def test_mirrored_strategy_step_equals_the_single_device_step(rng, strategy):
+def test_mirrored_strategy_step_equals_the_single_device_step(rng, mirrored_strategy):
     user_ids, item_ids = interactions(rng, size=32)
     single = make_model(seed=4)
     expected = _one_sgd_step(
         single, CatalogCrossEntropy(single.item_embedding, chunk_size=128), user_ids, item_ids
     )
-    with strategy.scope():
+    with mirrored_strategy.scope():
         replicated = make_model(seed=4)
         loss = CatalogCrossEntropy(replicated.item_embedding, chunk_size=128)
     got = _one_sgd_step(replicated, loss, user_ids, item_ids)
@@ -177,9 +171,9 @@ def test_mirrored_strategy_step_equals_the_single_device_step(rng, strategy):
 
 
 @pytest.mark.parametrize("which", ["scalable", "sampled"])
-def test_sparse_losses_train_under_mirrored_strategy(rng, strategy, which):
+def test_sparse_losses_train_under_mirrored_strategy(rng, mirrored_strategy, which):
     user_ids, item_ids = interactions(rng)
-    with strategy.scope():
+    with mirrored_strategy.scope():
         model = make_model(seed=2)
         table = model.item_embedding
         loss = (
@@ -193,12 +187,12 @@ def test_sparse_losses_train_under_mirrored_strategy(rng, strategy, which):
     assert np.all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0]
 
 
-def test_replica_scaling_follows_each_keras_flavour(rng, strategy):
+def test_replica_scaling_follows_each_keras_flavour(rng, mirrored_strategy):
     queries, items, labels = make_inputs(rng)
     loss = CatalogCrossEntropy(tf.constant(items))
     expected = full_ce_reference(queries, items, labels)[0]
-    per_replica = strategy.run(lambda: loss(labels, queries))
-    values = [float(v) for v in strategy.experimental_local_results(per_replica)]
+    per_replica = mirrored_strategy.run(lambda: loss(labels, queries))
+    values = [float(v) for v in mirrored_strategy.experimental_local_results(per_replica)]
     # Keras 3 losses divide a mean by the number of replicas themselves; tf-keras leaves it to
     # its compile machinery (LossesContainer).
     scale = 0.5 if IS_KERAS_3 else 1.0

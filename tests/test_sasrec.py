@@ -137,8 +137,7 @@ def test_loss_is_scaled_per_replica_in_both_flavours(splits, mirrored_strategy):
     """Under a strategy, compute_loss returns the replica's mean divided by the number of replicas
     (Keras 3's loss classes do it themselves, SASRec does it for tf-keras), so the summed replica
     gradients are those of the global mean -- what fit under MirroredStrategy needs."""
-    strategy = mirrored_strategy
-    with strategy.scope():
+    with mirrored_strategy.scope():
         model = small_model(splits.num_items, loss=CatalogCrossEntropy())
     x = tf.constant(splits.train_inputs[:8])
     y = tf.constant(splits.train_labels[:8])
@@ -146,8 +145,8 @@ def test_loss_is_scaled_per_replica_in_both_flavours(splits, mirrored_strategy):
     labels = splits.train_labels[:8].ravel()
     table = model.item_embeddings.numpy()
     expected = full_ce_reference(hidden, table, labels, labels > 0)[0]
-    per_replica = strategy.run(lambda: model.compute_loss(x, y, model(x)))
-    values = [float(v) for v in strategy.experimental_local_results(per_replica)]
+    per_replica = mirrored_strategy.run(lambda: model.compute_loss(x, y, model(x)))
+    values = [float(v) for v in mirrored_strategy.experimental_local_results(per_replica)]
     np.testing.assert_allclose(values, [expected / 2] * 2, rtol=1e-5)
 
 

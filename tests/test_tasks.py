@@ -127,7 +127,6 @@ def test_an_item_tower_over_item_features_gets_gradients():
 
 @requires_tfrs
 def test_mirrored_strategy_step_equals_the_single_device_step(mirrored_strategy):
-    strategy = mirrored_strategy
     data = {k: v[:64] for k, v in interactions().items()}
 
     def one_step(model):
@@ -136,7 +135,7 @@ def test_mirrored_strategy_step_equals_the_single_device_step(mirrored_strategy)
         return model.users.embeddings.numpy(), model.items.embeddings.numpy()
 
     expected = one_step(two_tower(CatalogCrossEntropy(), top_k=(), seed=3))
-    with strategy.scope():
+    with mirrored_strategy.scope():
         replicated = two_tower(CatalogCrossEntropy(), top_k=(), seed=3)
     for got, want in zip(one_step(replicated), expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
