@@ -88,6 +88,13 @@ def _static_list(shape: tf.TensorShape) -> list:
     return shape.as_list() if shape.rank is not None else None
 
 
+def _drop_unit_axis(tensor: tf.Tensor, lead: tf.TensorShape) -> tf.Tensor:
+    """``[..., 1]`` -> ``[...]`` when ``lead`` is ``[...]``: Keras passes labels and masks so."""
+    rank = tensor.shape.rank
+    unit_axis = rank is not None and lead.rank is not None and rank == lead.rank + 1
+    return tf.squeeze(tensor, -1) if unit_axis and tensor.shape[-1] == 1 else tensor
+
+
 def prepare(
     queries: Any,
     item_embeddings: Any,
@@ -133,26 +140,20 @@ def prepare(
             f"`item_embeddings` must hold at least one item. Received: shape={item_embeddings.shape}"
         )
     lead = queries.shape[:-1]
-    # Labels (and masks) of shape [..., 1] are accepted, as Keras passes them.
-    if labels.shape.rank is not None and lead.rank is not None:
-        if labels.shape.rank == lead.rank + 1 and labels.shape[-1] == 1:
-            labels = tf.squeeze(labels, -1)
-        if not labels.shape.is_compatible_with(lead):
-            raise ValueError(
-                "`labels` must have the shape of `queries` without its last axis. "
-                f"Received: labels.shape={labels.shape}, queries.shape={queries.shape}"
-            )
+    labels = _drop_unit_axis(labels, lead)
+    if not labels.shape.is_compatible_with(lead):
+        raise ValueError(
+            "`labels` must have the shape of `queries` without its last axis. "
+            f"Received: labels.shape={labels.shape}, queries.shape={queries.shape}"
+        )
     valid = None
     if mask is not None:
-        mask = tf.convert_to_tensor(mask)
-        if mask.shape.rank is not None and lead.rank is not None:
-            if mask.shape.rank == lead.rank + 1 and mask.shape[-1] == 1:
-                mask = tf.squeeze(mask, -1)
-            if not mask.shape.is_compatible_with(lead):
-                raise ValueError(
-                    "`mask` must have the shape of `labels`. "
-                    f"Received: mask.shape={mask.shape}, labels.shape={labels.shape}"
-                )
+        mask = _drop_unit_axis(tf.convert_to_tensor(mask), lead)
+        if not mask.shape.is_compatible_with(lead):
+            raise ValueError(
+                "`mask` must have the shape of `labels`. "
+                f"Received: mask.shape={mask.shape}, labels.shape={labels.shape}"
+            )
         valid = tf.reshape(mask if mask.dtype == tf.bool else tf.not_equal(mask, 0), [-1])
 
     d = dq if dq is not None else tf.shape(queries)[-1]
