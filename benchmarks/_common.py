@@ -105,3 +105,14 @@ def update_results_section(section: str, text: str) -> None:
     head, rest = content.split(begin, 1)
     _, tail = rest.split(end, 1)
     RESULTS_FILE.write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}")
+
+
+def data_path_or_exit(parser, given):
+    """``--data`` if given, else the shared ml-latest-small beside the repository; exits with a
+    usage error naming the problem when neither exists."""
+    from tfsmooth.data import default_data_path
+
+    path = given or default_data_path()
+    if path is None:
+        parser.error("no --data given and ../shared/data/ml-latest-small does not exist")
+    return path

@@ -44,10 +44,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
-from _common import machine_summary, markdown_table, update_results_section
+from _common import data_path_or_exit, machine_summary, markdown_table, update_results_section
 
 from tfsmooth._keras import keras
-from tfsmooth.data import default_data_path, encode_ranking, load_ratings
+from tfsmooth.data import encode_ranking, load_ratings
 from tfsmooth.layers import GeneralizedSmeLU, SmeLU
 from tfsmooth.models import build_ranking_model, ranking_losses
 from tfsmooth.reproducibility import ReproducibilityReport, train_replicas
@@ -330,9 +330,7 @@ def main() -> int:
     epochs = args.epochs or (2 if args.quick else 4)
     max_ratings = args.max_ratings or (30_000 if args.quick else None)
 
-    path = args.data or default_data_path()
-    if path is None:
-        parser.error("no --data given and ../shared/data/ml-latest-small does not exist")
+    path = data_path_or_exit(parser, args.data)
     try:
         ratings = load_ratings(path)
     except (OSError, ValueError) as error:

@@ -57,6 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
 from _common import (
     RESULTS_FILE,
+    data_path_or_exit,
     emit_result,
     interleaved_times,
     machine_summary,
@@ -662,11 +663,7 @@ kernels; the item gradient is a `tf.IndexedSlices`). Sampled softmax: `sampled_s
 """
 
     if args.part in ("quality", "all"):
-        from tfsmooth.data import default_data_path
-
-        path = args.data or default_data_path()
-        if path is None:
-            parser.error("no --data given and ../shared/data/ml-latest-small does not exist")
+        path = data_path_or_exit(parser, args.data)
         seeds = args.seeds or (1 if args.quick else 3)
         config = {
             "data": str(path),
