@@ -28,10 +28,6 @@ import tfsmooth
 
 PACKAGE_DIR = pathlib.Path(tfsmooth.__file__).parent
 
-#: Symbols exempt from a section (``{"data.x": {"Args": "why"}}``). Empty on purpose: the one
-#: justified exemption, functions without parameters needing no ``Args:``, is a rule below.
-ALLOWLIST: dict[str, dict[str, str]] = {}
-
 
 def _is_documented_kind(obj) -> bool:
     return inspect.isclass(obj) or inspect.isfunction(obj)
@@ -71,11 +67,7 @@ def _missing_sections(obj) -> list[str]:
 
 @pytest.mark.parametrize("qualified, obj", _documented())
 def test_public_symbol_has_example_and_arguments(qualified, obj):
-    missing = [
-        section
-        for section in _missing_sections(obj)
-        if section.split()[0] not in ALLOWLIST.get(qualified, {})
-    ]
+    missing = _missing_sections(obj)
     assert not missing, f"{qualified} docstring lacks: {', '.join(missing)}"
 
 
