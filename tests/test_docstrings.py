@@ -7,8 +7,8 @@ For each name in the ``__all__`` of every ``tfsmooth`` submodule:
 - a class has ``Args:`` or, for dataclasses and result classes, ``Attributes:``;
 - anything else is a module constant with a ``#:`` comment on the line above its assignment.
 
-Pure inspection: the examples are not executed here (run ``python -m doctest`` on a module for
-that), so the whole file takes well under a second once TensorFlow is imported.
+These checks are pure inspection (well under a second once TensorFlow is imported);
+``test_every_example_runs`` then runs every module's examples with doctest in a fresh process.
 """
 
 from __future__ import annotations
