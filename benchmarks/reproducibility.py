@@ -53,17 +53,50 @@ from tfsmooth.models import build_ranking_model, ranking_losses
 from tfsmooth.reproducibility import ReproducibilityReport, train_replicas
 
 FIGURE = pathlib.Path(__file__).with_name("figures") / "reproducibility.png"
+FOLLOW_UP_FIGURE = FIGURE.with_name("reproducibility_follow_up.png")
 SMELU_BETAS = (0.5, 1.0, 2.0, 4.0)
 TARGET_PD_RATIO, AUC_TOLERANCE = 0.7, 0.002
 
 
-def activations(quick: bool) -> dict:
+def parse_betas(text: str) -> tuple[float, ...]:
+    """``"0.5,1,2"`` -> ``(0.5, 1.0, 2.0)``; each width must be a number > 0."""
+    try:
+        betas = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}"
+        ) from None
+    if not betas or any(not beta > 0 for beta in betas):
+        raise argparse.ArgumentTypeError(f"every beta must be > 0. Received: {text!r}")
+    return betas
+
+
+def command_line(argv: list[str]) -> str:
+    """The command that reproduces this run, without ``--write`` and without a machine's
+    ``--data`` path (the default data is the documented one)."""
+    kept, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+            continue
+        if argument == "--data":
+            skip = True
+            continue
+        if argument.startswith("--data=") or argument == "--write":
+            continue
+        kept.append(argument)
+    return " ".join(["python benchmarks/reproducibility.py", *kept])
+
+
+def activations(quick: bool, betas=SMELU_BETAS, smelu_only: bool = False) -> dict:
     """Name -> activation argument of build_ranking_model."""
     if quick:
         return {"relu": "relu", "smelu(beta=1)": "smelu"}
     table = {"relu": "relu"}
-    for beta in SMELU_BETAS:
+    for beta in betas:
         table[f"smelu(beta={beta:g})"] = lambda beta=beta: SmeLU(beta=beta)
+    if smelu_only:
+        return table
     table["gsmelu(slope=0.05)"] = lambda: GeneralizedSmeLU(negative_slope=0.05)
     table.update(gelu="gelu", swish="swish", softplus="softplus")
     return table
@@ -257,6 +290,32 @@ def write_results(rows, *, setup: str, command: str, replicas: int, dataset: str
     update_readme("\n".join(readme))
 
 
+def write_follow_up(rows, *, setup: str, figure: pathlib.Path) -> None:
+    """Rewrites the follow-up section of RESULTS.md (a subset run: some activations, betas or one
+    DCN half, often with more replicas); the main section stays as the full run left it."""
+    text = [
+        "### Follow-up run",
+        "",
+        "A subset of the benchmark run again, most often with more replicas, to tighten figures "
+        "the main run left close to the target. Replica i has seeds i in every run, so the first "
+        "6 replicas here are the main run's. The verdict uses the same rule as the main run's, "
+        "on all replicas of this run.",
+        "",
+        setup,
+        "",
+        markdown(rows),
+        "",
+        "Target (best-beta SmeLU PD <= 0.7x ReLU's, AUC >= ReLU's - 0.002):",
+        "",
+        *verdict(rows),
+        "",
+        *observations(rows),
+        "",
+        f"![AUC against PD, follow-up](figures/{figure.name})",
+    ]
+    update_results_section("reproducibility-follow-up", "\n".join(text))
+
+
 def markdown(rows: list[dict]) -> str:
     header = [
         "activation", "DCN", "replicas", "epochs", "PD (relative) ± SE", "PD / ReLU",
@@ -313,7 +372,7 @@ def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
     figure.savefig(path)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="MovieLens ratings file or directory")
     parser.add_argument("--replicas", type=int, default=None, help="replicas (default 6; quick 3)")
@@ -323,9 +382,32 @@ def main() -> int:
     parser.add_argument("--max-ratings", type=int, default=None, help="subsample the ratings")
     parser.add_argument("--quick", action="store_true", help="relu and smelu, 3 replicas, 30k rows")
     parser.add_argument("--no-dcn", action="store_true", help="skip the DCN half")
-    parser.add_argument("--write", action="store_true", help="update RESULTS.md and the figure")
-    parser.add_argument("--figure", default=str(FIGURE), help="where the plot goes")
-    args = parser.parse_args()
+    parser.add_argument("--dcn-only", action="store_true", help="skip the half without DCN")
+    parser.add_argument(
+        "--betas",
+        type=parse_betas,
+        default=SMELU_BETAS,
+        help="comma-separated SmeLU widths (default 0.5,1,2,4)",
+    )
+    parser.add_argument(
+        "--smelu-only", action="store_true", help="ReLU and the SmeLU widths, no other activation"
+    )
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="update RESULTS.md and the figure (a run with --dcn-only, --betas, --smelu-only or "
+        "--replicas is a follow-up: it writes its own section and figure)",
+    )
+    parser.add_argument("--figure", default=None, help="where the plot goes")
+    args = parser.parse_args(argv)
+    if args.no_dcn and args.dcn_only:
+        parser.error("--no-dcn and --dcn-only exclude each other")
+    follow_up = not args.quick and (
+        args.dcn_only
+        or args.smelu_only
+        or tuple(args.betas) != SMELU_BETAS
+        or args.replicas is not None
+    )
     replicas = args.replicas or (3 if args.quick else 6)
     epochs = args.epochs or (2 if args.quick else 4)
     max_ratings = args.max_ratings or (30_000 if args.quick else None)
@@ -352,10 +434,11 @@ def main() -> int:
 
     began = time.perf_counter()
     rows = []
-    for dcn in (False,) if args.no_dcn else (False, True):
+    halves = (False,) if args.no_dcn else (True,) if args.dcn_only else (False, True)
+    for dcn in halves:
         configurations = {
             name: builder(data, activation, dcn, args)
-            for name, activation in activations(args.quick).items()
+            for name, activation in activations(args.quick, args.betas, args.smelu_only).items()
         }
         print(f"\n== {'with' if dcn else 'without'} DCN ==", flush=True)
         report = train_replicas(
@@ -381,20 +464,26 @@ def main() -> int:
         f"{ratings.name}: test AUC against relative PD, {replicas} replicas per activation "
         f"(mean ± SE)"
     )
-    figure_path = pathlib.Path(args.figure)
+    figure_path = pathlib.Path(args.figure or (FOLLOW_UP_FIGURE if follow_up else FIGURE))
     plot(rows, figure_path, title)
     print(f"figure: {figure_path}")
     if args.write:
-        command = "python benchmarks/reproducibility.py" + (" --quick" if args.quick else "")
+        command = command_line(sys.argv[1:] if argv is None else argv)
         setup = (
-            f"`{command} --write` on {machine_summary()}; {data.summary()}. "
+            f"`{command}` on {machine_summary()}; {data.summary()}. "
             f"{replicas} replicas per activation differing in initialisation and data order "
             f"(the same seeds for every activation), op determinism on; up to {epochs} epochs, "
             "each configuration keeping the epoch count with the best mean validation AUC; "
             f"{minutes:.0f} minutes."
         )
-        write_results(rows, setup=setup, command=command, replicas=replicas, dataset=ratings.name)
-        print("RESULTS.md and README.md updated")
+        if follow_up:
+            write_follow_up(rows, setup=setup, figure=figure_path)
+            print("RESULTS.md updated (follow-up section)")
+        else:
+            write_results(
+                rows, setup=setup, command=command, replicas=replicas, dataset=ratings.name
+            )
+            print("RESULTS.md and README.md updated")
     return 0 if not any(r["failed"] for r in rows) else 1
 
 
