@@ -31,7 +31,10 @@ RMSE. A threshold ablation (1x and 16x, every seed) shows why the defaults are w
 Part 2 -- optimizer step time on the same model's real gradients (one batch of 1024), measured side
 by side (interleaved rounds, medians): ``apply_gradients`` in a plain ``tf.function`` and inside an
 XLA-compiled one, and a whole training step (``fit``, each flavour's default compile), under
-Keras 3 (ours vs Keras Adagrad) and tf-keras (ours vs tf-keras Adagrad vs TFRS ClippyAdagrad).
+Keras 3 (ours vs Keras Adagrad) and tf-keras (ours vs tf-keras Adagrad vs TFRS ClippyAdagrad, and
+ours with its updates compiled by XLA, per variable and all in one program), with the number of
+graph operations a step runs. ``--timing-only`` runs this part alone; ``--render`` takes the median
+over the runs it is given.
 
 Usage::
 
@@ -41,6 +44,7 @@ Usage::
                                                    # everything runs, not the figures)
     python benchmarks/stability.py --optimizers clippy_adagrad,clippy_adagrad_row \
         --skip-timing --skip-ablation --out new.json       # a subset of the grid
+    python benchmarks/stability.py --timing-only --out timing.json  # part 2 alone
     python benchmarks/stability.py --render old.json new.json --write  # merged tables
     python benchmarks/stability.py --write         # also rewrite the section of RESULTS.md
     python benchmarks/stability.py --data PATH     # another MovieLens directory or ratings file
@@ -53,6 +57,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -362,9 +367,10 @@ def ablation_table(ablation: list[dict], results: list[dict]) -> list[list[str]]
 def merge_raw(paths: list[str]) -> dict:
     """Raw results of several runs: a later file's run replaces an earlier one of the same
     optimizer, rate and seed; a replaced per-variable ClippyAdagrad run (other thresholds) joins
-    the ablation; the timing is the last file's that has one."""
+    the ablation; the step times are the medians over the files that have them."""
     runs: dict[tuple, dict] = {}
     merged = {"ablation": [], "timing": {}, "flags": [], "commands": [], "minutes": 0.0}
+    timings = []
     for path in paths:
         with open(path) as f:
             raw = json.load(f)
@@ -381,18 +387,81 @@ def merge_raw(paths: list[str]) -> dict:
                 merged["ablation"].append(old)
             runs[key] = r
         merged["ablation"] += raw["ablation"]
-        merged["timing"] = raw["timing"] or merged["timing"]
+        if raw["timing"]:
+            timings.append(raw["timing"])
         merged["flags"] = merged["flags"] or raw.get("flags", [])
         merged["commands"].append(
             " ".join(["python benchmarks/stability.py", *raw.get("flags", [])])
         )
         merged["minutes"] += raw.get("minutes") or 0.0
     merged["runs"] = list(runs.values())
+    merged["timing"] = median_timing(timings)
+    return merged
+
+
+def median_timing(timings: list[dict]) -> dict:
+    """Several runs' step times as one: per flavour, mode and optimizer, the median of each
+    figure over the runs that measured it, and how many they were (``runs``)."""
+    merged: dict = {}
+    for timing in timings:
+        for flavour, modes in timing.items():
+            for mode, values in modes.items():
+                for name, figures in values.items():
+                    slot = merged.setdefault(flavour, {}).setdefault(mode, {}).setdefault(name, {})
+                    for key, value in figures.items():
+                        slot.setdefault(key, []).append(value)
+    for modes in merged.values():
+        for values in modes.values():
+            for name, figures in values.items():
+                runs = max(len(v) for v in figures.values())
+                values[name] = {k: float(np.median(v)) for k, v in figures.items()}
+                values[name]["runs"] = runs
+                if "graph_ops" in figures:
+                    values[name]["graph_ops"] = int(np.median(figures["graph_ops"]))
     return merged
 
 
 # ----------------------------------------------------------------------------------------------------
 # Part 2: step time.
+
+
+def xla_clippy_adagrad(fuse: str):
+    """tfsmooth ClippyAdagrad under tf-keras with its updates compiled by XLA: ``fuse="all"``,
+    every variable's update in one XLA program; ``fuse="variable"``, one program per variable.
+
+    Benchmark-only (it overrides a tf-keras internal, and only outside ``tf.distribute``): it
+    measures whether XLA would close the gap to tf-keras Adagrad on CPU.
+    """
+
+    class XlaClippyAdagrad(ClippyAdagrad):
+        def _distributed_apply_gradients_fn(self, distribution, grads_and_vars, **kwargs):
+            grads, variables = (list(x) for x in zip(*grads_and_vars))
+            learning_rate = self.learning_rate
+            if fuse == "all":
+                if not hasattr(self, "_xla_all"):
+
+                    def update_all(grads, learning_rate):
+                        for grad, variable in zip(grads, variables):
+                            self.apply_update(grad, variable, learning_rate)
+
+                    self._xla_all = tf.function(update_all, jit_compile=True)
+                self._xla_all(grads, learning_rate)
+            else:
+                if not hasattr(self, "_xla_each"):
+                    self._xla_each = [
+                        tf.function(
+                            lambda grad, learning_rate, variable=variable: self.apply_update(
+                                grad, variable, learning_rate
+                            ),
+                            jit_compile=True,
+                        )
+                        for variable in variables
+                    ]
+                for update, grad in zip(self._xla_each, grads):
+                    update(grad, learning_rate)
+            return self.iterations.assign_add(1)
+
+    return XlaClippyAdagrad(0.04)
 
 
 def timing_candidates(flavour: str) -> dict:
@@ -416,6 +485,8 @@ def timing_candidates(flavour: str) -> dict:
         "TFRS ClippyAdagrad, export": lambda: tfrs.experimental.optimizers.ClippyAdagrad(
             0.04, export_clipping_factors=True
         ),
+        "ClippyAdagrad, XLA per variable": lambda: xla_clippy_adagrad("variable"),
+        "ClippyAdagrad, XLA, all variables": lambda: xla_clippy_adagrad("all"),
     }
 
 
@@ -453,10 +524,15 @@ def measure_step_time(args) -> dict:
             functions[name] = tf.function(apply_step(optimizer, grads, variables), jit_compile=jit)
         times = interleaved_times(functions, rounds=args.timing_rounds, repeats=10)
         results[mode] = summarise_times(times)
+        if not jit:
+            for name, function in functions.items():
+                results[mode][name]["graph_ops"] = graph_ops(function)
     # A whole training step: fit on 20 fixed batches per round, each flavour's default compile.
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(64).take(16).cache()
     fits = {}
     for name, make in candidates.items():
+        if "XLA" in name:  # the XLA variants answer one question, about apply_gradients
+            continue
         model = build_model(data, 0)
         model.compile(optimizer=make(), loss=models.ranking_losses(TASKS))
         fits[name] = lambda model=model: model.fit(dataset, epochs=1, verbose=0)
@@ -465,6 +541,18 @@ def measure_step_time(args) -> dict:
         {k: v / 16 for k, v in times.items()}
     )
     return results
+
+
+def graph_ops(function) -> int:
+    """The operations one call of a ``tf.function`` runs, nested functions included (before any
+    XLA compilation; constants, placeholders, identities and no-ops not counted)."""
+    graph = function.get_concrete_function().graph
+    skip = {"Const", "Placeholder", "Identity", "NoOp", "_Arg", "_Retval"}
+    calls = {"PartitionedCall", "StatefulPartitionedCall"}
+    count = sum(op.type not in skip | calls for op in graph.get_operations())
+    for definition in graph.as_graph_def().library.function:
+        count += sum(node.op not in skip | calls for node in definition.node_def)
+    return count
 
 
 def summarise_times(times: dict) -> dict:
@@ -538,7 +626,7 @@ def check_targets(table: dict, timing: dict | None = None) -> list[str]:
         )
     baselines = {name: best_stable(table[name]) for name in BASELINES if table.get(name)}
     if not baselines:  # a subset run without baselines (see --render to merge)
-        return lines
+        return lines + timing_targets(timing)
     best_name = max(baselines, key=lambda n: -1 if math.isnan(baselines[n][1]) else baselines[n][1])
     best = baselines[best_name]
 
@@ -557,6 +645,11 @@ def check_targets(table: dict, timing: dict | None = None) -> list[str]:
             f"({rate(ours_best[0])}; diverged at {bad or 'no rate'}) vs the best baseline, "
             f"{OPTIMIZERS[best_name][0]}, {best[1]:.4f} ({rate(best[0])}): {verdict}."
         )
+    return lines + timing_targets(timing)
+
+
+def timing_targets(timing: dict | None) -> list[str]:
+    lines = []
     for flavour, modes in (timing or {}).items():
         for mode, values in modes.items():
             if "ClippyAdagrad" not in values or not mode.startswith("apply"):
@@ -573,11 +666,34 @@ def check_targets(table: dict, timing: dict | None = None) -> list[str]:
                     f"; {ours_time['vs_tfrs']:.2f}x TFRS ClippyAdagrad (target <= 1x): "
                     f"{'**met**' if ok_tfrs else '**missed**'}"
                 )
-            lines.append(text + ".")
+            text += "."
+            adagrad_ops = values.get("Keras Adagrad", {}).get("graph_ops")
+            if not ok and adagrad_ops and ours_time.get("graph_ops"):
+                text += (
+                    f" A step of Keras Adagrad runs {adagrad_ops} small graph operations, "
+                    f"ClippyAdagrad's {ours_time['graph_ops']}: the clipping factor needs the whole "
+                    "update and a reduction over it before the update is applied, and at this "
+                    "model's size each operation's fixed cost outweighs its arithmetic."
+                )
+            xla = [
+                values.get(f"ClippyAdagrad, XLA{k}") for k in (" per variable", ", all variables")
+            ]
+            if not ok and all(xla):
+                text += (
+                    f" Compiling ClippyAdagrad's updates with XLA does not close the gap: "
+                    f"{xla[0]['vs_adagrad']:.2f}x with one XLA program per variable, "
+                    f"{xla[1]['vs_adagrad']:.2f}x with one for all variables (on CPU, launching a "
+                    "compiled program costs more than the small graph operations it replaces)."
+                )
+            lines.append(text)
     return lines
 
 
 def render(args, results, ablation, timing, minutes=None, rendered=False) -> str:
+    if not results:  # --timing-only
+        command = " ".join(["python benchmarks/stability.py", *args.flags])
+        lines = [f"Command: `{command}` ({machine_summary()}).", "", *timing_targets(timing)]
+        return "\n".join(lines + timing_tables(timing))
     multipliers = args.multipliers
     table = summarise(results, multipliers, args.seeds)
     header = ["optimizer"] + [f"{m:g}x" for m in multipliers]
@@ -672,26 +788,43 @@ def render(args, results, ablation, timing, minutes=None, rendered=False) -> str
                 ablation_table(ablation, results),
             ),
         ]
+    return "\n".join(lines + timing_tables(timing))
+
+
+def timing_tables(timing: dict | None) -> list[str]:
+    lines = []
     if timing:
         for flavour, modes in timing.items():
             for mode, values in modes.items():
                 header = ["optimizer", "ms", "vs Keras Adagrad"]
                 has_tfrs = any("vs_tfrs" in v for v in values.values())
+                has_ops = any("graph_ops" in v for v in values.values())
                 if has_tfrs:
                     header.append("vs TFRS ClippyAdagrad")
+                has_runs = any(v.get("runs", 1) > 1 for v in values.values())
+                if has_ops:
+                    header.append("graph ops per step (before XLA)")
+                if has_runs:
+                    header.append("runs")
                 rows = []
                 for name, v in values.items():
                     row = [name, f"{v['ms']:.2f}", f"{v['vs_adagrad']:.2f}x"]
                     if has_tfrs:
                         row.append(f"{v['vs_tfrs']:.2f}x")
+                    if has_ops:
+                        row.append(str(v.get("graph_ops", "-")))
+                    if has_runs:
+                        row.append(str(v.get("runs", 1)))
                     rows.append(row)
                 lines += [
                     "",
-                    f"**Step time, {flavour}, {mode}** (median of interleaved rounds)",
+                    f"**Step time, {flavour}, {mode}** (median of interleaved rounds"
+                    + ("; median over runs" if has_runs else "")
+                    + ")",
                     "",
                     markdown_table(header, rows),
                 ]
-    return "\n".join(lines)
+    return lines
 
 
 def plot(args, results) -> str | None:
@@ -701,6 +834,8 @@ def plot(args, results) -> str | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    if not results:  # a --timing-only run
         return None
     table = summarise(results, args.multipliers, args.seeds)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -714,8 +849,15 @@ def plot(args, results) -> str | None:
         ax.set_title(title)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    os.makedirs(FIGURES, exist_ok=True)
-    path = os.path.join(FIGURES, "stability_auc.png")
+    # The committed figure changes only with --write; other runs put theirs beside --out (or in
+    # the temporary directory).
+    if args.write:
+        path = os.path.join(FIGURES, "stability_auc.png")
+    elif getattr(args, "out", None):
+        path = os.path.splitext(os.path.abspath(args.out))[0] + "_auc.png"
+    else:
+        path = os.path.join(tempfile.gettempdir(), "stability_auc.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -741,6 +883,9 @@ def parse_args(argv=None):
     parser.add_argument("--timing-rounds", type=int, default=None)
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--skip-ablation", action="store_true")
+    parser.add_argument(
+        "--timing-only", action="store_true", help="only part 2 (merge with --render)"
+    )
     parser.add_argument(
         "--render",
         metavar="JSON",
@@ -824,19 +969,22 @@ def main(argv=None) -> int:
         return publish(args, results, report)
 
     began = time.perf_counter()
-    runs = planned_runs(args)
+    runs = [] if args.timing_only else planned_runs(args)
     here = [r for r in runs if OPTIMIZERS[r["optimizer"]][2] == "keras3"]
     legacy = [r for r in runs if OPTIMIZERS[r["optimizer"]][2] == "tf_keras"]
     script = os.path.abspath(__file__)
     env = {"TF_USE_LEGACY_KERAS": "1"}
     print(f"{len(here)} Keras 3 runs here, {len(legacy)} tf-keras runs in a subprocess", flush=True)
-    legacy_results = run_script_in_fresh_process(
-        script,
-        ["--worker", "train", "--runs", json.dumps(legacy), *worker_arguments(args)],
-        env=env,
-    )["results"]
+    legacy_results = []
+    if legacy:
+        legacy_results = run_script_in_fresh_process(
+            script,
+            ["--worker", "train", "--runs", json.dumps(legacy), *worker_arguments(args)],
+            env=env,
+        )["results"]
     results = train_many(args, here) + legacy_results
-    ablation = [] if args.skip_ablation else train_many(args, ablation_runs(args))
+    skip_ablation = args.skip_ablation or args.timing_only
+    ablation = [] if skip_ablation else train_many(args, ablation_runs(args))
     timing = {}
     if not args.skip_timing:
         timing["Keras 3"] = measure_step_time(args)
@@ -844,7 +992,9 @@ def main(argv=None) -> int:
             script, ["--worker", "timing", *worker_arguments(args)], env=env
         )["timing"]
     minutes = (time.perf_counter() - began) / 60
-    raw = args.out or os.path.join(FIGURES, "stability_results.json")
+    # The committed raw results change only with --write (or where --out says).
+    folder = FIGURES if args.write else tempfile.gettempdir()
+    raw = args.out or os.path.join(folder, "stability_results.json")
     os.makedirs(os.path.dirname(os.path.abspath(raw)), exist_ok=True)
     with open(raw, "w") as f:
         json.dump(
@@ -859,6 +1009,7 @@ def main(argv=None) -> int:
             f,
             indent=1,
         )
+    print(f"raw results: {raw}", flush=True)
     report = render(args, results, ablation, timing, minutes=minutes)
     return publish(args, results, report)
 
@@ -866,10 +1017,12 @@ def main(argv=None) -> int:
 def publish(args, results, report: str) -> int:
     """Adds the figure to the report, prints it and, with ``--write``, records it in RESULTS.md."""
     figure = plot(args, results)
-    if figure:
+    if figure and args.write:
         report += (
             f"\n\n![AUC and divergences per learning rate](figures/{os.path.basename(figure)})"
         )
+    elif figure:
+        report += f"\n\n(figure: {figure})"
     print(report)
     if args.write:
         update_results_section(
