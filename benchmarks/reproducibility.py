@@ -254,7 +254,7 @@ def update_readme(text: str) -> None:
 
 def write_results(rows, *, setup: str, command: str, replicas: int, dataset: str) -> None:
     """Rewrites this benchmark's sections of benchmarks/RESULTS.md and README.md."""
-    lines, notes = verdict(rows), observations(rows)
+    lines = verdict(rows)
     text = [
         "## Reproducibility (`benchmarks/reproducibility.py`)",
         "",
@@ -262,15 +262,7 @@ def write_results(rows, *, setup: str, command: str, replicas: int, dataset: str
         "predictions (jackknife SE over replicas); AUC: mean over replicas (SE = std / sqrt(n)); "
         "ratios and differences are to ReLU in the same run.",
         "",
-        markdown(rows),
-        "",
-        "Target (best-beta SmeLU PD <= 0.7x ReLU's, AUC >= ReLU's - 0.002):",
-        "",
-        *lines,
-        "",
-        *notes,
-        "",
-        "![AUC against PD](figures/reproducibility.png)",
+        *results_body(rows, "AUC against PD", FIGURE),
     ]
     update_results_section("reproducibility", "\n".join(text))
     anchor = "benchmarks/RESULTS.md#reproducibility-benchmarksreproducibilitypy"
@@ -297,12 +289,20 @@ def write_follow_up(rows, *, setup: str, figure: pathlib.Path) -> None:
         "### Follow-up run",
         "",
         "A subset of the benchmark run again, most often with more replicas, to tighten figures "
-        "the main run left close to the target. Replica i has seeds i in every run, so the first "
-        "6 replicas here are the main run's. The verdict uses the same rule as the main run's, "
-        "on all replicas of this run.",
+        "the main run left close to the target. Replica i has seeds i in every run, so this "
+        "run's replicas repeat the main run's, replica for replica, as far as both go. The "
+        "verdict uses the same rule as the main run's, on all replicas of this run.",
         "",
         setup,
         "",
+        *results_body(rows, "AUC against PD, follow-up", figure),
+    ]
+    update_results_section("reproducibility-follow-up", "\n".join(text))
+
+
+def results_body(rows: list[dict], caption: str, figure: pathlib.Path) -> list[str]:
+    """The table, the verdict on the target, the observations and the figure, as lines."""
+    return [
         markdown(rows),
         "",
         "Target (best-beta SmeLU PD <= 0.7x ReLU's, AUC >= ReLU's - 0.002):",
@@ -311,9 +311,8 @@ def write_follow_up(rows, *, setup: str, figure: pathlib.Path) -> None:
         "",
         *observations(rows),
         "",
-        f"![AUC against PD, follow-up](figures/{figure.name})",
+        f"![{caption}](figures/{figure.name})",
     ]
-    update_results_section("reproducibility-follow-up", "\n".join(text))
 
 
 def markdown(rows: list[dict]) -> str:
