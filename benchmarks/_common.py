@@ -107,6 +107,25 @@ def update_results_section(section: str, text: str) -> None:
     RESULTS_FILE.write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}")
 
 
+def recorded_flags(argv: Sequence[str]) -> list[str]:
+    """A run's flags as RESULTS.md records them: without ``--write``, and with the ``--data`` path
+    (``--data X`` or ``--data=X``) shown as ``PATH``, so no path of the machine is recorded."""
+    flags, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument == "--write":
+            continue
+        elif argument == "--data":
+            flags += ["--data", "PATH"]
+            skip = True
+        elif argument.startswith("--data="):
+            flags += ["--data", "PATH"]
+        else:
+            flags.append(argument)
+    return flags
+
+
 def data_path_or_exit(parser, given):
     """``--data`` if given, else the shared ml-latest-small beside the repository; exits with a
     usage error naming the problem when neither exists."""

@@ -44,7 +44,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
-from _common import data_path_or_exit, machine_summary, markdown_table, update_results_section
+from _common import (
+    data_path_or_exit,
+    machine_summary,
+    markdown_table,
+    recorded_flags,
+    update_results_section,
+)
 
 from tfsmooth._keras import keras
 from tfsmooth.data import encode_ranking, load_ratings
@@ -72,20 +78,8 @@ def parse_betas(text: str) -> tuple[float, ...]:
 
 
 def command_line(argv: list[str]) -> str:
-    """The command that reproduces this run, without ``--write`` and without a machine's
-    ``--data`` path (the default data is the documented one)."""
-    kept, skip = [], False
-    for argument in argv:
-        if skip:
-            skip = False
-            continue
-        if argument == "--data":
-            skip = True
-            continue
-        if argument.startswith("--data=") or argument == "--write":
-            continue
-        kept.append(argument)
-    return " ".join(["python benchmarks/reproducibility.py", *kept])
+    """The command that reproduces this run (see :func:`_common.recorded_flags`)."""
+    return " ".join(["python benchmarks/reproducibility.py", *recorded_flags(argv)])
 
 
 def activations(quick: bool, betas=SMELU_BETAS, smelu_only: bool = False) -> dict:

@@ -71,6 +71,7 @@ from _common import (
     machine_summary,
     markdown_table,
     median_ratios,
+    recorded_flags,
     run_script_in_fresh_process,
     update_results_section,
 )
@@ -690,8 +691,8 @@ def timing_targets(timing: dict | None) -> list[str]:
 
 
 def render(args, results, ablation, timing, minutes=None, rendered=False) -> str:
+    command = " ".join(["python benchmarks/stability.py", *args.flags])
     if not results:  # --timing-only
-        command = " ".join(["python benchmarks/stability.py", *args.flags])
         lines = [f"Command: `{command}` ({machine_summary()}).", "", *timing_targets(timing)]
         return "\n".join(lines + timing_tables(timing))
     multipliers = args.multipliers
@@ -718,7 +719,6 @@ def render(args, results, ablation, timing, minutes=None, rendered=False) -> str
         best_rows.append(
             [OPTIMIZERS[name][0], "-" if m is None else f"{m:g}x", f"{auc:.4f}", f"{rmse:.4f}"]
         )
-    command = " ".join(["python benchmarks/stability.py", *args.flags])
     if rendered:
         command = f"python benchmarks/stability.py --render {' '.join(args.render)}"
     lines = [
@@ -897,13 +897,10 @@ def parse_args(argv=None):
     parser.add_argument("--worker", choices=("train", "timing"), help=argparse.SUPPRESS)
     parser.add_argument("--runs", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    flags = list(sys.argv[1:] if argv is None else argv)
-    if "--data" in flags:  # the recorded command names no path of this machine
-        index = flags.index("--data")
-        flags[index : index + 2] = ["--data", "PATH"]
+    flags = recorded_flags(sys.argv[1:] if argv is None else argv)
     if "--render" in flags:
         del flags[flags.index("--render") :]
-    args.flags = [f for f in flags if f != "--write"]
+    args.flags = flags
     if args.optimizers:
         args.optimizers = args.optimizers.split(",")
         unknown = [name for name in args.optimizers if name not in OPTIMIZERS]
