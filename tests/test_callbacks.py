@@ -115,6 +115,87 @@ def test_batch_losses_are_recovered_from_keras_epoch_means(rng):
     np.testing.assert_allclose(losses, np.tile(expected, 2), rtol=1e-4)
 
 
+def constant_model(jit_compile):
+    """``y_pred = 0`` for every input, so the loss is the data's alone: ``mean(y^2)``."""
+    model = keras.Sequential(
+        [keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse", jit_compile=jit_compile)
+    return model
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_true_batch_losses_after_an_explosion(jit_compile):
+    """The issue's sequence ``[1.4]*20 + [8e14, 8e22] + [1e14]*30``: float32's running mean
+    cannot hold the batches after 8e22, so only a loss read inside the step gives them back."""
+    losses = np.array([1.4] * 20 + [8e14, 8e22] + [1e14] * 30, np.float64)
+    y = np.repeat(np.sqrt(losses), BATCH).astype("float32")[:, None]
+    x = np.ones_like(y)
+    expected = np.square(np.sqrt(losses).astype(np.float32).astype(np.float64))
+    watch = StabilityMonitor(stop_on_divergence=False, restore_on_divergence=False, verbose=0)
+    run(constant_model(jit_compile), x, y, watch)
+    np.testing.assert_allclose([r["loss"] for r in watch.history], expected, rtol=1e-6)
+    monitor = StabilityMonitor(spike_patience=3, verbose=0)
+    run(constant_model(jit_compile), x, y, monitor)
+    assert monitor.divergence["reason"] == "loss spike"
+    assert monitor.divergence["onset_step"] == 20 and monitor.divergence["step"] == 22
+
+
+def test_true_batch_losses_under_mirrored_strategy(mirrored_strategy):
+    losses = np.array([1.0, 4.0, 1e20, 9.0, 1e10], np.float64)
+    y = np.repeat(np.sqrt(losses), BATCH).astype("float32")[:, None]
+    with mirrored_strategy.scope():
+        model = constant_model(False)
+    monitor = StabilityMonitor(stop_on_divergence=False, restore_on_divergence=False, verbose=0)
+    run(model, np.ones_like(y), y, monitor)
+    np.testing.assert_allclose([r["loss"] for r in monitor.history], losses, rtol=1e-6)
+
+
+def test_custom_train_step_without_compute_loss_warns():
+    class Custom(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.dense(x)
+
+        def train_step(self, data):
+            x, y = data
+            return {"loss": tf.reduce_mean(tf.square(self(x) - y))}
+
+    model = Custom()
+    model.compile(optimizer="sgd", jit_compile=False)
+    x = np.ones((4 * BATCH, 1), np.float32)
+    with pytest.warns(UserWarning, match="compute_loss"):
+        run(model, x, x, StabilityMonitor(verbose=0))
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("blow_up", [1e11, np.inf], ids=["1e22", "nan"])
+def test_a_real_explosion_is_caught_and_the_last_good_state_restored(rng, jit_compile, blow_up):
+    """Targets jump to 1e11 (losses of 1e22 and beyond) or to inf (NaN) from batch 30 on."""
+    x, y = linear_data(rng, 60)
+    y[30 * BATCH :] = blow_up
+    model = linear_model(keras.optimizers.Adagrad(0.05))
+    model.compile(optimizer=keras.optimizers.Adagrad(0.05), loss="mse", jit_compile=jit_compile)
+    recorder = Recorder()
+    monitor = StabilityMonitor(spike_patience=3, warmup_steps=5, snapshot_every=10, verbose=0)
+    run(model, x, y, monitor, recorder)
+    divergence = monitor.divergence
+    assert divergence is not None
+    assert divergence["onset_step"] == 30
+    assert divergence["reason"] == ("loss spike" if np.isfinite(blow_up) else "non-finite loss")
+    assert divergence["restored_step"] == 19  # the snapshot after 29 gave batch 30's loss
+    assert len(recorder.weights) == divergence["step"] + 1  # training stopped there
+    for a, b in zip(model.get_weights(), recorder.weights[19]):
+        np.testing.assert_array_equal(a, b)
+    for variable, value in zip(model.optimizer.variables, recorder.optimizer[19]):
+        np.testing.assert_array_equal(np.asarray(variable), value)
+    if np.isfinite(blow_up):
+        assert min(r["loss"] for r in list(monitor.history)[30:]) > 1e20
+
+
 def test_non_finite_loss_stops_and_restores_the_start(rng):
     x, y = linear_data(rng, 40, scale=30.0)
     model = linear_model(keras.optimizers.SGD(1.0))

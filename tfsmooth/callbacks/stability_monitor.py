@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from collections import deque
 from typing import Any
 
@@ -24,6 +25,7 @@ import tensorflow as tf
 from tfsmooth import _keras
 from tfsmooth._keras import keras, register_serializable
 from tfsmooth._validation import check_bool, check_int
+from tfsmooth.callbacks._batch_loss import BatchLossProbe
 
 __all__ = ["StabilityMonitor"]
 
@@ -51,7 +53,8 @@ def _layer_of(path: str) -> str:
 class StabilityMonitor(keras.callbacks.Callback):
     """Detects divergence as it starts, logs its early-warning signals and rolls training back.
 
-    Every batch it takes the batch's loss and compares it with a running average (an
+    Every batch it takes the batch's own loss (read inside the training step, not recovered
+    from ``fit``'s running mean) and compares it with a running average (an
     exponential moving average of the healthy batches). A loss above ``spike_factor`` times the
     average is a *spike*; ``spike_patience`` spikes in a row, or one NaN/Inf loss, is a
     *divergence*. On divergence it stops training (``stop_on_divergence``) and puts back the last
@@ -100,10 +103,12 @@ class StabilityMonitor(keras.callbacks.Callback):
         log_every: batches between per-layer readings.
         log_dir: write per-batch scalars to TensorBoard under this directory (``None``: don't).
         log_layers: also put per-layer values in the epoch logs (History).
-        loss_in_logs: ``"epoch_mean"`` -- Keras' built-in ``fit`` reports the mean loss since the
-            epoch began, from which the monitor recovers each batch's own loss (assuming equal
-            batch sizes, as in ``fit``); ``"batch"`` -- a custom ``train_step`` that returns the
-            batch's own loss (e.g. TFRS models).
+        loss_in_logs: ``"epoch_mean"`` -- Keras's built-in ``fit`` reports the mean loss since
+            the epoch began; the monitor takes each batch's own loss where the training step
+            computes it (:class:`~tfsmooth.callbacks._batch_loss.BatchLossProbe` on ``compute_loss``), and
+            recovers it from the running mean, with a warning, only for a ``train_step`` that
+            never calls ``compute_loss``. ``"batch"`` -- a custom ``train_step`` that returns the
+            batch's own loss as ``"loss"``.
         history_size: how many batches :attr:`history` keeps.
         verbose: print divergences and restores.
 
@@ -194,6 +199,8 @@ class StabilityMonitor(keras.callbacks.Callback):
         self._last_layers: dict[str, dict[str, float]] = {}
         self._epoch: dict[str, Any] = {}
         self._writer = None
+        self._probe: BatchLossProbe | None = None
+        self._warned_reconstruction = False
 
     def get_config(self) -> dict:
         return {
@@ -222,6 +229,10 @@ class StabilityMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._reset()
+        if self.loss_in_logs == "epoch_mean":
+            self._probe = BatchLossProbe.attach(self.model)
+            self._probe.prepare()
+            self._probe.read()  # forget what an earlier fit or evaluation wrote
         if self.log_dir is not None:
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "stability"))
         if self.restore_on_divergence:
@@ -294,12 +305,29 @@ class StabilityMonitor(keras.callbacks.Callback):
     # The loss.
 
     def _batch_loss(self, batch: int, logs: dict) -> float | None:
+        if self.loss_in_logs == "batch":
+            return float(np.asarray(logs["loss"])) if "loss" in logs else None
+        if self._probe is not None:
+            loss = self._probe.read()
+            if loss is not None:
+                return loss
         if "loss" not in logs:
             return None
-        value = float(np.asarray(logs["loss"]))
-        if self.loss_in_logs == "batch":
-            return value
-        # Keras reports the mean over the epoch's batches so far: undo the running mean.
+        return self._loss_from_epoch_mean(batch, float(np.asarray(logs["loss"])))
+
+    def _loss_from_epoch_mean(self, batch: int, value: float) -> float:
+        """A batch loss recovered from ``fit``'s running mean: only for a ``train_step`` that
+        never calls ``compute_loss``. The float32 mean cancels once the loss jumps by many orders
+        of magnitude, so this warns once."""
+        if not self._warned_reconstruction:
+            self._warned_reconstruction = True
+            warnings.warn(
+                "StabilityMonitor: the model's train_step did not call `compute_loss`, so the "
+                "batch loss is recovered from the epoch's running mean, which loses the loss of "
+                "a batch after an explosion. Return the batch's own loss from `train_step` and "
+                'pass `loss_in_logs="batch"`.',
+                stacklevel=2,
+            )
         count, previous_count = batch + 1, self._previous_batch + 1
         previous = self._previous_mean
         self._previous_mean, self._previous_batch = value, batch
@@ -379,6 +407,9 @@ class StabilityMonitor(keras.callbacks.Callback):
         if self._before is None:
             return layers
         variables = self._variables()
+        if len(variables) != len(self._before):  # a subclassed model built in this very step
+            self._before = None
+            return layers
         moves = [
             tf.reduce_sum(tf.square(_keras.native_variable(v) - b))
             for v, b in zip(variables, self._before)
