@@ -92,7 +92,7 @@ def test_config_round_trips():
         ({"spike_patience": 0}, ValueError, "spike_patience=0"),
         ({"average_decay": 1.0}, ValueError, "average_decay=1.0"),
         ({"layer_factor": math.nan}, ValueError, "layer_factor"),
-        ({"snapshot_every": 2.5}, ValueError, "snapshot_every=2.5"),
+        ({"snapshot_every": 2.5}, TypeError, "snapshot_every=2.5"),
         ({"stop_on_divergence": "yes"}, TypeError, "stop_on_divergence='yes'"),
         ({"loss_in_logs": "mean"}, ValueError, "loss_in_logs='mean'"),
         ({"log_dir": 3}, TypeError, "log_dir=3"),
