@@ -26,14 +26,14 @@ from tfsmooth import _keras
 from tfsmooth._keras import keras, register_serializable
 from tfsmooth._validation import check_bool, check_int
 from tfsmooth.callbacks._batch_loss import BatchLossProbe
+from tfsmooth.callbacks.events import EventWriter
+from tfsmooth.callbacks.layer_onsets import LayerOnsetTracker
+from tfsmooth.callbacks.snapshots import SnapshotStore
+from tfsmooth.callbacks.spike_detector import SpikeDetector
 
 __all__ = ["StabilityMonitor"]
 
 _LOSS_MODES = ("epoch_mean", "batch")
-
-#: Healthy batches before spikes count at all: during ``warmup_steps`` a loss is compared with the
-#: plain mean of the healthy losses so far, once there are this many.
-_MIN_REFERENCE_STEPS = 3
 
 
 def _check_number(name: str, value: Any, *, minimum: float, strict: bool = False) -> float:
@@ -183,24 +183,27 @@ class StabilityMonitor(keras.callbacks.Callback):
         #: ``None``, or what happened at the divergence (see the class docstring).
         self.divergence: dict[str, Any] | None = None
         self._step = 0
-        self._average = None
-        self._healthy_steps = 0
-        self._healthy_sum = 0.0
-        self._streak = 0
-        self._streak_start = None
+        self._spikes = SpikeDetector(
+            self.spike_factor, self.spike_patience, self.average_decay, self.warmup_steps
+        )
+        self._onsets = LayerOnsetTracker(
+            self.layer_factor,
+            window=max(5, round(1.0 / (1.0 - self.average_decay))),
+            calm_steps=self.spike_patience,
+        )
+        self._snapshots = SnapshotStore(keep=3)
         self._previous_mean = None
         self._previous_batch = -1
-        self._snapshots: deque = deque(maxlen=3)
-        self._initial_snapshot = None
         self._before = None
-        self._layer_history: dict[str, deque] = {}
-        self._layer_onset: dict[str, tuple[int, float]] = {}
-        self._layer_calm: dict[str, int] = {}
         self._last_layers: dict[str, dict[str, float]] = {}
         self._epoch: dict[str, Any] = {}
-        self._writer = None
+        self._writer: EventWriter | None = None
         self._probe: BatchLossProbe | None = None
         self._warned_reconstruction = False
+
+    @property
+    def _average(self) -> float | None:
+        return self._spikes.average
 
     def get_config(self) -> dict:
         return {
@@ -234,14 +237,13 @@ class StabilityMonitor(keras.callbacks.Callback):
             self._probe.prepare()
             self._probe.read()  # forget what an earlier fit or evaluation wrote
         if self.log_dir is not None:
-            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "stability"))
+            self._writer = EventWriter(self.log_dir)
         if self.restore_on_divergence:
             self._build_optimizer()
-            self._initial_snapshot = self._snapshot(-1)
+            self._snapshots.take(self.model, -1, initial=True)
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
-            self._writer.flush()
             self._writer.close()
             self._writer = None
 
@@ -274,18 +276,18 @@ class StabilityMonitor(keras.callbacks.Callback):
             if self.log_layers or self._writer is not None:
                 record["layers"] = signals
         self.history.append(record)
-        self._write(record)
-        diverged = not math.isfinite(loss) or self._streak >= self.spike_patience
-        if diverged:
+        if self._writer is not None:
+            self._writer.write(record)
+        if self._spikes.diverged:
             self._on_divergence(
                 step, loss, "non-finite loss" if not math.isfinite(loss) else "loss spike"
             )
         elif (
             self.restore_on_divergence
-            and self._streak == 0
+            and self._spikes.streak == 0
             and (step + 1) % self.snapshot_every == 0
         ):
-            self._snapshots.append(self._snapshot(step))
+            self._snapshots.take(self.model, step)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -338,33 +340,12 @@ class StabilityMonitor(keras.callbacks.Callback):
         return (count * value - previous_count * previous) / (count - previous_count)
 
     def _update_loss(self, loss: float, step: int) -> bool:
+        spike = self._spikes.update(loss, step)
         if not math.isfinite(loss):
             self._epoch["nonfinite"] = self._epoch.get("nonfinite", 0) + 1
-            self._streak += 1
-            if self._streak_start is None:
-                self._streak_start = step
-            return True
-        if self._healthy_steps >= self.warmup_steps:
-            reference = self._average
-        elif self._healthy_steps >= _MIN_REFERENCE_STEPS:  # the moving average is still settling
-            reference = self._healthy_sum / self._healthy_steps
-        else:
-            reference = None
-        spike = reference is not None and reference > 0 and loss > self.spike_factor * reference
-        if spike:
+        elif spike:
             self._epoch["spikes"] = self._epoch.get("spikes", 0) + 1
-            self._streak += 1
-            if self._streak_start is None:
-                self._streak_start = step
-            return True
-        self._streak, self._streak_start = 0, None
-        self._healthy_steps += 1
-        self._healthy_sum += loss
-        if self._average is None:
-            self._average = loss
-        else:
-            self._average = self.average_decay * self._average + (1 - self.average_decay) * loss
-        return False
+        return spike
 
     # ------------------------------------------------------------------------------------------
     # Per-layer signals.
@@ -447,36 +428,9 @@ class StabilityMonitor(keras.callbacks.Callback):
                     summary[name] = max(summary.get(name, -math.inf), value)
         return summary
 
-    def _layer_baseline(self, layer: str) -> float | None:
-        """The median of the layer's recent healthy signals (robust to the first steps'
-        transient and to single outliers); ``None`` until there are a few."""
-        values = self._layer_history.get(layer)
-        if not values or len(values) < 5:
-            return None
-        return 10.0 ** float(np.median(values))
-
     def _track_layers(self, layers: dict[str, dict[str, float]], step: int) -> None:
-        window = max(5, round(1.0 / (1.0 - self.average_decay)))
-        for layer, values in layers.items():
-            signal = values[self._signal_name(values)]
-            baseline = self._layer_baseline(layer)
-            ready = baseline is not None and self._healthy_steps >= self.warmup_steps
-            anomalous = not math.isfinite(signal) or (
-                ready and signal > self.layer_factor * baseline
-            )
-            if anomalous:
-                self._layer_calm[layer] = 0
-                if layer not in self._layer_onset:
-                    jump = signal / baseline if baseline else math.inf
-                    self._layer_onset[layer] = (step, jump)
-                continue
-            if layer in self._layer_onset:
-                self._layer_calm[layer] = self._layer_calm.get(layer, 0) + 1
-                if self._layer_calm[layer] >= self.spike_patience:
-                    del self._layer_onset[layer]
-            if signal > 0:
-                history = self._layer_history.setdefault(layer, deque(maxlen=window))
-                history.append(math.log10(signal))
+        signals = {layer: values[self._signal_name(values)] for layer, values in layers.items()}
+        self._onsets.track(signals, step, ready=self._spikes.settled)
 
     def _accumulate_epoch(self, layers: dict[str, dict[str, float]]) -> None:
         store = self._epoch.setdefault("signals", {})
@@ -506,57 +460,16 @@ class StabilityMonitor(keras.callbacks.Callback):
         with self.model.distribute_strategy.scope():
             optimizer.build(self.model.trainable_variables)
 
-    def _snapshot(self, step: int) -> dict[str, Any]:
-        optimizer = getattr(self.model, "optimizer", None)
-        variables = list(getattr(optimizer, "variables", [])) if optimizer is not None else []
-        return {
-            "step": step,
-            "weights": [np.array(w) for w in self.model.get_weights()],
-            "optimizer": [np.array(v) for v in variables],
-        }
-
-    def _restore(self, snapshot: dict[str, Any]) -> None:
-        self.model.set_weights(snapshot["weights"])
-        optimizer = getattr(self.model, "optimizer", None)
-        variables = list(getattr(optimizer, "variables", [])) if optimizer is not None else []
-        if len(variables) == len(snapshot["optimizer"]):
-            for variable, value in zip(variables, snapshot["optimizer"]):
-                variable.assign(value)
-
-    def _first_layer(self, step: int) -> tuple[str | None, int | None]:
-        if self._layer_onset:
-            layer, (onset, _) = min(
-                self._layer_onset.items(), key=lambda item: (item[1][0], -item[1][1])
-            )
-            return layer, onset
-        if not self._last_layers:
-            return None, None
-        best, score = None, -math.inf
-        for layer, values in self._last_layers.items():
-            signal = values[self._signal_name(values)]
-            baseline = self._layer_baseline(layer)
-            jump = signal / baseline if baseline else signal
-            if not math.isfinite(jump):
-                jump = math.inf
-            if jump > score:
-                best, score = layer, jump
-        return best, self.history[-1]["step"] if self.history else None
+    def _first_layer(self) -> tuple[str | None, int | None]:
+        last = {layer: v[self._signal_name(v)] for layer, v in self._last_layers.items()}
+        return self._onsets.first_layer(last, self.history[-1]["step"] if self.history else None)
 
     def _on_divergence(self, step: int, loss: float, reason: str) -> None:
-        onset = self._streak_start if self._streak_start is not None else step
-        layer, layer_step = self._first_layer(step)
+        onset = self._spikes.streak_start if self._spikes.streak_start is not None else step
+        layer, layer_step = self._first_layer()
         restored = None
         if self.restore_on_divergence:
-            # The snapshot after batch t gave the loss of batch t + 1: it is good only if that
-            # batch came before the onset.
-            candidates = [s for s in self._snapshots if s["step"] + 1 < onset]
-            snapshot = candidates[-1] if candidates else self._initial_snapshot
-            if snapshot is not None:
-                self._restore(snapshot)
-                restored = snapshot["step"]
-                self._snapshots = deque(
-                    (s for s in self._snapshots if s["step"] <= restored), maxlen=3
-                )
+            restored = self._snapshots.restore_before(self.model, onset)
         self.divergence = {
             "step": step,
             "epoch": self._epoch.get("epoch"),
@@ -566,9 +479,7 @@ class StabilityMonitor(keras.callbacks.Callback):
             "onset_step": onset,
             "first_layer": layer,
             "first_layer_step": layer_step,
-            "layer_onsets": {
-                k: v[0] for k, v in sorted(self._layer_onset.items(), key=lambda i: i[1][0])
-            },
+            "layer_onsets": self._onsets.onset_steps(),
             "restored_step": restored,
         }
         if self.verbose:
@@ -583,33 +494,8 @@ class StabilityMonitor(keras.callbacks.Callback):
             print(
                 f"StabilityMonitor: divergence at step {step} ({reason}, loss {loss:.4g}){where}{back}."
             )
-        self._streak, self._streak_start = 0, None
-        self._layer_onset, self._layer_calm = {}, {}
+        self._spikes.clear_streak()
+        self._onsets.clear_onsets()
         self._previous_mean = None
         if self.stop_on_divergence:
             self.model.stop_training = True
-
-    def _write(self, record: dict[str, Any]) -> None:
-        if self._writer is None:
-            return
-        step = record["step"]
-        with self._writer.as_default():
-            for name in ("loss", "loss_average"):
-                if record.get(name) is not None:
-                    _scalar(f"stability/{name}", record[name], step)
-            _scalar("stability/spike", float(record["spike"]), step)
-            for layer, values in record.get("layers", {}).items():
-                for name, value in values.items():
-                    _scalar(f"{name}/{layer}", value, step)
-
-
-def _scalar_metadata():
-    metadata = tf.compat.v1.SummaryMetadata()
-    metadata.plugin_data.plugin_name = "scalars"
-    return metadata
-
-
-def _scalar(tag: str, value: float, step: int) -> None:
-    """A TensorBoard scalar, written with TensorFlow alone (``tf.summary.scalar`` needs the
-    tensorboard package; this is what it writes)."""
-    tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=_scalar_metadata())

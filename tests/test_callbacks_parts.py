@@ -1,0 +1,151 @@
+"""The StabilityMonitor's parts, each alone and without ``fit``: spike detection, layer onsets,
+snapshots and the TensorBoard writer."""
+
+from __future__ import annotations
+
+import glob
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfsmooth._keras import keras
+from tfsmooth.callbacks.events import EventWriter
+from tfsmooth.callbacks.layer_onsets import LayerOnsetTracker
+from tfsmooth.callbacks.snapshots import SnapshotStore
+from tfsmooth.callbacks.spike_detector import SpikeDetector
+
+
+def reference_spikes(losses, factor, patience, decay, warmup):
+    """A direct transcription of the rule: the reference is the EMA of healthy losses once
+    ``warmup`` healthy ones were seen, before that their plain mean (from the third on)."""
+    healthy, average, streak, flags, diverged_at = [], None, 0, [], None
+    for step, loss in enumerate(losses):
+        if not math.isfinite(loss):
+            spike = True
+        else:
+            if len(healthy) >= warmup:
+                reference = average
+            elif len(healthy) >= 3:
+                reference = sum(healthy) / len(healthy)
+            else:
+                reference = None
+            spike = reference is not None and reference > 0 and loss > factor * reference
+        flags.append(spike)
+        if spike:
+            streak += 1
+        else:
+            streak = 0
+            healthy.append(loss)
+            average = loss if average is None else decay * average + (1 - decay) * loss
+        if diverged_at is None and (not math.isfinite(loss) or streak >= patience):
+            diverged_at = step
+    return flags, average, diverged_at
+
+
+@pytest.mark.parametrize("warmup", [0, 5, 40])
+def test_spike_detector_follows_the_rule(warmup):
+    rng = np.random.default_rng(1)
+    losses = list(rng.uniform(0.8, 1.2, 30)) + [50.0, 1.0, 60.0, 70.0, 80.0] + [1.0] * 5
+    flags, average, diverged_at = reference_spikes(losses, 3.0, 3, 0.9, warmup)
+    detector = SpikeDetector(3.0, 3, 0.9, warmup)
+    got, first_divergence = [], None
+    for step, loss in enumerate(losses):
+        got.append(detector.update(loss, step))
+        if detector.diverged and first_divergence is None:
+            first_divergence = step
+    assert got == flags
+    assert detector.average == pytest.approx(average)
+    assert first_divergence == diverged_at
+
+
+def test_a_non_finite_loss_diverges_at_once_and_never_enters_the_average():
+    detector = SpikeDetector(3.0, 5, 0.5, 0)
+    for step in range(4):
+        detector.update(2.0, step)
+    assert detector.update(math.nan, 4) and detector.diverged
+    assert detector.streak_start == 4 and detector.average == 2.0
+    detector.clear_streak()
+    assert not detector.diverged and detector.streak == 0
+
+
+def test_layer_onsets_name_the_first_layer_to_leave_its_baseline():
+    tracker = LayerOnsetTracker(layer_factor=10.0, window=20, calm_steps=2)
+    for step in range(10):
+        tracker.track({"bottom": 1.0 + 0.01 * step, "top": 2.0}, step, ready=True)
+    assert tracker.baseline("top") == pytest.approx(2.0)
+    tracker.track({"bottom": 50.0, "top": 3.0}, 10, ready=True)  # bottom: 50 / ~1.05 > 10
+    tracker.track({"bottom": 90.0, "top": 40.0}, 11, ready=True)  # top: 40 / 2 > 10
+    assert tracker.onset_steps() == {"bottom": 10, "top": 11}
+    assert tracker.first_layer({}, None) == ("bottom", 10)
+    # Two calm readings clear an onset; baselines stay.
+    for step in (12, 13):
+        tracker.track({"bottom": 1.0, "top": 2.0}, step, ready=True)
+    assert tracker.onsets == {}
+    assert tracker.first_layer({"bottom": 5.0, "top": 2.0}, 13) == ("bottom", 13)
+
+
+def test_no_onset_before_the_loss_is_ready_or_the_baseline_exists():
+    tracker = LayerOnsetTracker(layer_factor=10.0, window=20, calm_steps=2)
+    for step in range(3):
+        tracker.track({"a": 1.0}, step, ready=True)
+    tracker.track({"a": 1000.0}, 3, ready=True)  # only 3 readings: no baseline yet
+    assert tracker.onsets == {}
+    for step in range(4, 10):
+        tracker.track({"a": 1.0}, step, ready=False)
+    tracker.track({"a": 1000.0}, 10, ready=False)
+    assert tracker.onsets == {}
+    tracker.track({"a": math.inf}, 11, ready=False)  # non-finite is anomalous at any time
+    assert tracker.onset_steps() == {"a": 11}
+
+
+def test_snapshots_restore_the_newest_good_state_and_forget_newer_ones():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adagrad(0.1), "mse")
+    model.optimizer.build(model.trainable_variables)
+    store = SnapshotStore(keep=3)
+    store.take(model, -1, initial=True)
+    values = {}
+    for step in (9, 19, 29):
+        weights = [np.full_like(w, step) for w in model.get_weights()]
+        model.set_weights(weights)
+        for variable in model.optimizer.variables:
+            variable.assign(tf.cast(tf.fill(tf.shape(variable), step), variable.dtype))
+        store.take(model, step)
+        values[step] = weights
+    # Onset at batch 30: the snapshot after 29 produced batch 30's loss, so 19 is restored.
+    assert store.restore_before(model, onset=30) == 19
+    for got, want in zip(model.get_weights(), values[19]):
+        np.testing.assert_array_equal(got, want)
+    assert int(model.optimizer.iterations) == 19
+    # The snapshot after 29 is gone; an onset at 10 goes back to the start.
+    assert store.restore_before(model, onset=10) == -1
+    np.testing.assert_array_equal(model.get_weights()[1], np.zeros(1))
+    empty = SnapshotStore()
+    assert empty.restore_before(model, onset=3) is None
+
+
+def test_event_writer_writes_every_scalar(tmp_path):
+    writer = EventWriter(str(tmp_path))
+    for step in range(3):
+        writer.write(
+            {
+                "step": step,
+                "loss": 1.0 + step,
+                "loss_average": 1.0,
+                "spike": step == 2,
+                "layers": {"dense": {"update_ratio": 0.5 * step}},
+            }
+        )
+    writer.close()
+    scalars = {}
+    for path in glob.glob(f"{tmp_path}/**/events.out.tfevents.*", recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append(
+                    (event.step, float(tf.make_ndarray(value.tensor)))
+                )
+    assert scalars["stability/loss"] == [(0, 1.0), (1, 2.0), (2, 3.0)]
+    assert scalars["stability/spike"] == [(0, 0.0), (1, 0.0), (2, 1.0)]
+    assert scalars["update_ratio/dense"] == [(0, 0.0), (1, 0.5), (2, 1.0)]
