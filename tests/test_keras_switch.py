@@ -54,8 +54,13 @@ def test_import_tfsmooth_does_not_import_tensorflow():
     assert version == tfsmooth.__version__ and imported == "False"
 
 
+#: The switch's answers: reading any of them outside ``_keras.py`` is asking which Keras is loaded.
+FLAVOUR_NAMES = ("IS_KERAS_3", "KERAS_FLAVOUR", "TF_USE_LEGACY_KERAS")
+
+
 def _keras_questions(tree: ast.AST):
-    """Code (not docs) that picks a Keras: imports of keras/tf_keras, tf.keras, reading the env var."""
+    """Code (not docs) that asks which Keras is loaded: imports of keras/tf_keras, ``tf.keras``,
+    the environment variable, or a read of the switch's flavour flags in any form."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -64,23 +69,63 @@ def _keras_questions(tree: ast.AST):
         elif isinstance(node, ast.ImportFrom):
             if (node.module or "").split(".")[0] in ("keras", "tf_keras"):
                 yield node.lineno, f"from {node.module} import ..."
-        elif isinstance(node, ast.Attribute) and node.attr == "keras":
-            if isinstance(node.value, ast.Name) and node.value.id in ("tf", "tensorflow"):
+            for alias in node.names:
+                if alias.name in FLAVOUR_NAMES:
+                    yield node.lineno, f"imports {alias.name}"
+        elif isinstance(node, ast.Attribute):
+            value = node.value
+            if (
+                node.attr == "keras"
+                and isinstance(value, ast.Name)
+                and value.id in ("tf", "tensorflow")
+            ):
                 yield node.lineno, "tf.keras"
-        elif isinstance(node, ast.Constant) and node.value == "TF_USE_LEGACY_KERAS":
-            yield node.lineno, "reads TF_USE_LEGACY_KERAS"
+            if node.attr in FLAVOUR_NAMES:
+                yield node.lineno, f"reads .{node.attr}"
+        elif isinstance(node, ast.Name) and node.id in FLAVOUR_NAMES:
+            yield node.lineno, f"reads {node.id}"
+        elif isinstance(node, ast.Constant) and node.value in FLAVOUR_NAMES:
+            yield node.lineno, f"names {node.value!r}"
 
 
-def test_only_the_switch_module_asks_which_keras():
-    offenders = [
-        f"{path.relative_to(PACKAGE_DIR)}:{line}: {what}"
-        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+def _offenders(package_dir: pathlib.Path) -> list[str]:
+    return [
+        f"{path.relative_to(package_dir)}:{line}: {what}"
+        for path in sorted(package_dir.rglob("*.py"))
         if path.name != "_keras.py"
         for line, what in _keras_questions(ast.parse(path.read_text()))
     ]
+
+
+def test_only_the_switch_module_asks_which_keras():
+    offenders = _offenders(PACKAGE_DIR)
     assert not offenders, offenders
     switch = ast.parse((PACKAGE_DIR / "_keras.py").read_text())
     assert any(what == "tf.keras" for _, what in _keras_questions(switch))
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "from tfsmooth._keras import IS_KERAS_3",
+        "from tfsmooth import _keras\nif _keras.IS_KERAS_3:\n    pass",
+        "from tfsmooth import _keras as k\nflavour = k.KERAS_FLAVOUR == 'keras3'",
+        "import os\nlegacy = os.environ.get('TF_USE_LEGACY_KERAS')",
+        "from tfsmooth import _keras\nflag = getattr(_keras, 'IS_KERAS_3')",
+        "import tf_keras",
+        "import tensorflow as tf\nlayer = tf.keras.layers.Dense",
+    ],
+)
+def test_the_guard_catches_a_planted_read(tmp_path, planted):
+    """A copy of the package with one flavour read planted in a module: the guard must name it."""
+    import shutil
+
+    copy = tmp_path / "tfsmooth"
+    shutil.copytree(PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / "losses" / "_planted.py"
+    target.write_text(planted + "\n")
+    planted_offenders = [o for o in _offenders(copy) if o.startswith("losses/_planted.py")]
+    assert planted_offenders, planted
 
 
 def _needs_registration(obj) -> bool:
