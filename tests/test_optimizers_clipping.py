@@ -8,26 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import requires_tfrs
+from references import numpy_shrink
 
 from tfsmooth.optimizers import shrink_update
-
-
-def numpy_shrink(update, references, relative, absolute, per_row=False):
-    """Independent reference in float64: ratio = max |u| / b, factor = min(1, 1 / ratio)."""
-    u = np.asarray(update, np.float64)
-    bound = absolute + sum(
-        r * np.abs(np.asarray(x, np.float64)) for x, r in zip(references, relative)
-    )
-    bound = np.broadcast_to(bound, u.shape)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        elementwise = np.where(u == 0, 0.0, np.abs(u) / bound)
-    axes = tuple(range(1, u.ndim)) if per_row else None
-    ratio = elementwise.max(axis=axes) if elementwise.size else np.zeros(())
-    with np.errstate(divide="ignore"):
-        factor = np.minimum(1.0, np.where(ratio == 0, 1.0, 1.0 / ratio))
-    scale = factor.reshape(factor.shape + (1,) * (u.ndim - factor.ndim)) if per_row else factor
-    return u * scale, factor, ratio
-
 
 # Closed forms: tensor, references, relative factors, absolute, expected (update, factor).
 CASES = [

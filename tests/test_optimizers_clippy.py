@@ -8,46 +8,23 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import LOGICAL_CPUS
-from helpers import assert_config_roundtrip, export_saved_model, serve_in_clean_process
-from test_optimizers_clipping import numpy_shrink
-from test_optimizers_clippy_adagrad import (
-    TABLE,
+from helpers import (
+    TABLE_SHAPE,
+    assert_config_roundtrip,
     assert_same_state,
+    export_saved_model,
     fit,
     initial_values,
     make_data,
     make_model,
     make_steps,
     run_steps,
+    serve_in_clean_process,
 )
+from references import dense_gradient, numpy_clipped
 
 from tfsmooth._keras import IS_KERAS_3, keras
 from tfsmooth.optimizers import Clippy, ClippyAdagrad, clipping_statistics
-
-
-def dense_gradient(gradient, shape):
-    if not isinstance(gradient, tuple):
-        return np.asarray(gradient, np.float64)
-    dense = np.zeros(shape)
-    np.add.at(dense, gradient[0], gradient[1])
-    return dense
-
-
-def numpy_clipped(inner_step, variables, steps, *, relative, absolute, granularity="variable"):
-    """Runs ``inner_step(t, index, w, g) -> w'`` and clips each move by the Clippy rule."""
-    weights = [np.array(v, np.float64) for v in variables]
-    statistics = None
-    for t, gradients in enumerate(steps):
-        statistics = []
-        for i, (w, g) in enumerate(zip(weights, gradients)):
-            per_row = granularity == "row" and isinstance(g, tuple)
-            g = dense_gradient(g, w.shape)
-            move = inner_step(t, i, w.copy(), g) - w
-            shrunk, factor, ratio = numpy_shrink(move, [w], [relative], absolute, per_row)
-            weights[i] = w + shrunk
-            norms = (np.linalg.norm(g), np.linalg.norm(weights[i]))  # ||w|| read after the step
-            statistics.append((np.min(factor), np.max(ratio), *norms))
-    return weights, statistics
 
 
 @pytest.mark.parametrize("granularity", ["variable", "row"])
@@ -167,6 +144,26 @@ def test_config_round_trips_with_the_inner_optimizer():
 def test_bad_arguments_name_the_argument(kwargs, error, match):
     with pytest.raises(error, match=match):
         Clippy(keras.optimizers.SGD(0.1), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "identifier",
+    [
+        {"class_name": "Adam", "config": {"learning_rate": 0.25, "beta_1": 0.8}},
+        {"class_name": "adam", "config": {"learning_rate": 0.25, "beta_1": 0.8}},
+    ],
+)
+def test_inner_optimizer_from_a_config_dict(identifier):
+    """The docstring's promise, in both flavours (tf-keras made such a dict a legacy optimizer)."""
+    for optimizer in (Clippy(identifier), Clippy.from_config({"optimizer": identifier})):
+        inner = optimizer.inner_optimizer
+        assert isinstance(inner, keras.optimizers.Adam)
+        assert float(inner.learning_rate) == 0.25 and inner.beta_1 == pytest.approx(0.8)
+        assert_config_roundtrip(optimizer)
+    variable = tf.Variable([1.0, -1.0])
+    optimizer.apply_gradients([(tf.constant([1.0, 1.0]), variable)])
+    # Adam's first step moves each coordinate by lr (sign of g); the bound 0.1 |w| + 1e-3 clips.
+    np.testing.assert_allclose(variable.numpy(), [1.0 - 0.101, -1.0 - 0.101], rtol=1e-5)
 
 
 def test_bad_inner_optimizer():
@@ -296,10 +293,12 @@ def test_sparse_updates_touch_only_what_the_inner_optimizer_moves():
         (ClippyAdagrad(0.1, variable_relative_threshold=0.1), False),
         (Clippy(keras.optimizers.SGD(0.1, momentum=0.9), absolute_threshold=1e-2), True),
     ):
-        table = tf.Variable(np.ones(TABLE, np.float32))
+        table = tf.Variable(np.ones(TABLE_SHAPE, np.float32))
         for rows in ([0, 1], [2, 3]):
             after_first = table.numpy().copy()
-            gradient = tf.IndexedSlices(tf.ones([2, 3]), tf.constant(rows), tf.constant(TABLE))
+            gradient = tf.IndexedSlices(
+                tf.ones([2, 3]), tf.constant(rows), tf.constant(TABLE_SHAPE)
+            )
             optimizer.apply_gradients([(gradient, table)])
         after_second = table.numpy()
         assert np.all(after_second[4:] == 1.0)  # never looked up, no momentum

@@ -8,96 +8,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import requires_tfrs
-from helpers import assert_config_roundtrip
-from test_optimizers_clipping import numpy_shrink
+from helpers import (
+    assert_config_roundtrip,
+    assert_same_state,
+    fit,
+    initial_values,
+    make_data,
+    make_model,
+    make_steps,
+    run_steps,
+)
+from references import numpy_clippy_adagrad
 
 from tfsmooth._keras import IS_KERAS_3, keras
 from tfsmooth.optimizers import ClippyAdagrad, clipping_statistics
-
-SHAPE, TABLE = (5, 3), (12, 3)
-
-
-def numpy_clippy_adagrad(variables, steps, *, learning_rate, **config):
-    """Algorithm 1 of Tang et al. (``use_standard_accumulator_update=True``) and TFRS's variant,
-    in float64. ``steps``: per step, per variable, a dense gradient or ``(indices, values)``."""
-    rel = config.get("variable_relative_threshold", 0.5)
-    acc_rel = config.get("accumulator_relative_threshold", 0.0)
-    absolute = config.get("absolute_threshold", 1e-3)
-    eps = config.get("epsilon", 1e-7)
-    standard = config.get("use_standard_accumulator_update", False)
-    clip_acc = config.get("clip_accumulator_update", False)
-    row = config.get("granularity", "variable") == "row"
-    weights = [np.array(v, np.float64) for v in variables]
-    accumulators = [
-        np.full(v.shape, config.get("initial_accumulator_value", 0.1)) for v in variables
-    ]
-    factors = []
-    for t, gradients in enumerate(steps):
-        lr = learning_rate(t) if callable(learning_rate) else learning_rate
-        step_factors = []
-        for w, acc, g in zip(weights, accumulators, gradients):
-            if isinstance(g, tuple):  # sparse: sum repeated rows first
-                unique, positions = np.unique(g[0], return_inverse=True)
-                values = np.zeros((len(unique), *w.shape[1:]))
-                np.add.at(values, positions, g[1])
-                rows, per_row = unique, row
-            else:
-                values, rows, per_row = np.asarray(g, np.float64), slice(None), False
-            square = values**2
-            used = acc[rows] + square if standard else acc[rows]
-            precondition = 1.0 / np.sqrt(used + eps)
-            delta = lr * values * precondition
-            shrunk, factor, _ = numpy_shrink(
-                delta, [w[rows], precondition], [rel, acc_rel], absolute, per_row
-            )
-            if clip_acc:
-                scale = factor.reshape(factor.shape + (1,) * (values.ndim - factor.ndim))
-                square = (values * scale) ** 2
-            acc[rows] += square
-            w[rows] -= shrunk
-            step_factors.append(float(np.min(factor)))
-        factors.append(step_factors)
-    return weights, accumulators, factors
-
-
-def make_steps(rng, count, duplicates=True):
-    steps = []
-    for _ in range(count):
-        dense = rng.normal(size=SHAPE) * 10 ** rng.uniform(-2, 1)
-        indices = rng.integers(0, TABLE[0], size=6 if duplicates else 4)
-        if not duplicates:
-            indices = rng.choice(TABLE[0], size=4, replace=False)
-        values = rng.normal(size=(len(indices), TABLE[1])) * 10 ** rng.uniform(-2, 1)
-        bias = rng.normal(size=SHAPE[1])
-        steps.append([dense, (indices, values), bias])
-    return steps
-
-
-def initial_values(rng):
-    return [
-        rng.normal(size=SHAPE),
-        rng.normal(size=TABLE) * 0.05,
-        np.zeros(SHAPE[1]),  # a zero-initialised bias
-    ]
-
-
-def run_steps(optimizer, initial, steps, dtype="float32"):
-    variables = [tf.Variable(np.asarray(v, dtype)) for v in initial]
-
-    @tf.function
-    def apply(dense, indices, values, bias):
-        sparse = tf.IndexedSlices(values, indices, tf.constant(TABLE, tf.int64))
-        optimizer.apply_gradients(zip([dense, sparse, bias], variables))
-
-    for dense, (indices, values), bias in steps:
-        apply(
-            tf.constant(dense, dtype),
-            tf.constant(indices, tf.int32),
-            tf.constant(values, dtype),
-            tf.constant(bias, dtype),
-        )
-    return [v.numpy() for v in variables]
-
 
 CONFIGS = [
     {},
@@ -257,7 +181,12 @@ def test_config_round_trips_every_argument():
     "kwargs, error, match",
     [
         ({"learning_rate": 0.0}, ValueError, "learning_rate=0.0"),
-        ({"learning_rate": "fast"}, ValueError, "learning_rate='fast'"),
+        ({"learning_rate": "fast"}, TypeError, "learning_rate='fast'"),
+        ({"learning_rate": None}, TypeError, "learning_rate=None"),
+        ({"learning_rate": np.float32(-0.1)}, ValueError, "must be > 0"),
+        ({"absolute_threshold": "small"}, TypeError, "absolute_threshold='small'"),
+        ({"epsilon": 1e-300}, ValueError, "representable in float32"),
+        ({"clip_accumulator_update": np.int64(1)}, TypeError, "clip_accumulator_update"),
         ({"initial_accumulator_value": -1.0}, ValueError, "initial_accumulator_value=-1.0"),
         ({"variable_relative_threshold": math.nan}, ValueError, "variable_relative_threshold"),
         ({"absolute_threshold": -1e-3}, ValueError, "absolute_threshold=-0.001"),
@@ -282,47 +211,10 @@ def test_bad_arguments_name_the_argument(kwargs, error, match):
 # Training with fit, saving and restarting.
 
 
-def make_data(rng, n=96):
-    users = rng.integers(0, 20, size=n).astype("int32")
-    features = rng.normal(size=(n, 3)).astype("float32")
-    labels = (features.sum(1, keepdims=True) + 0.1 * (users[:, None] % 3)).astype("float32")
-    return {"user": users, "features": features}, labels
-
-
-def make_model(seed=0):
-    user = keras.Input(shape=(), dtype="int32", name="user")
-    features = keras.Input(shape=(3,), name="features")
-    embedded = keras.layers.Embedding(
-        20, 4, embeddings_initializer=keras.initializers.RandomUniform(seed=seed), name="embedding"
-    )(user)
-    x = keras.layers.Concatenate()([embedded, features])
-    x = keras.layers.Dense(
-        8, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1)
-    )(x)
-    out = keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2))(
-        x
-    )
-    return keras.Model({"user": user, "features": features}, out)
-
-
-def fit(model, data, steps, batch_size=16):
-    x, y = data
-    count = steps * batch_size
-    x = {k: v[:count] for k, v in x.items()}
-    model.fit(x, y[:count], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
-
-
 def compiled(optimizer, seed=0):
     model = make_model(seed)
     model.compile(optimizer=optimizer, loss="mse")
     return model
-
-
-def assert_same_state(a, b):
-    for x, y in zip(a.get_weights(), b.get_weights()):
-        np.testing.assert_array_equal(x, y)
-    for x, y in zip(a.optimizer.variables, b.optimizer.variables):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 OPTIMIZER = {"learning_rate": 0.3, "granularity": "row", "absolute_threshold": 0.01}
@@ -370,3 +262,58 @@ def test_xla_compiled_fit_matches_graph_fit(rng):
         results.append(model.get_weights())
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("export_clipping_factors", [True, False])
+@pytest.mark.parametrize("granularity", ["variable", "row"])
+def test_sparse_step_does_no_work_proportional_to_the_table(granularity, export_clipping_factors):
+    """No op of a sparse step reads, computes or writes a whole-table tensor: the step costs
+    O(rows touched). (tf-keras's base weight decay of 0 used to read and rewrite the table.)"""
+    rows, dim = 1009, 3  # a shape no per-row tensor of the step can have
+    table = tf.Variable(np.ones((rows, dim), np.float32))
+    optimizer = ClippyAdagrad(
+        0.1, granularity=granularity, export_clipping_factors=export_clipping_factors
+    )
+
+    @tf.function
+    def step(values, indices):
+        gradient = tf.IndexedSlices(values, indices, tf.constant([rows, dim], tf.int64))
+        optimizer.apply_gradients([(gradient, table)])
+
+    specs = (tf.TensorSpec([None, dim], tf.float32), tf.TensorSpec([None], tf.int32))
+    graph = step.get_concrete_function(*specs).graph
+    whole = []
+    for op in graph.get_operations():
+        assert op.type not in ("If", "StatelessIf", "While", "StatelessWhile"), op.type
+        for tensor in list(op.inputs) + list(op.outputs):
+            if (
+                tensor.shape.rank
+                and tensor.shape.as_list()[0] in (rows, None)
+                and (tensor.shape.num_elements() or 0) >= rows
+            ):
+                whole.append(f"{op.type} {op.name} {tensor.shape}")
+    assert not whole, whole
+    step(tf.ones([2, dim]), tf.constant([3, 5]))  # and the traced step runs
+    assert np.all(table.numpy()[[0, 1, 2, 4]] == 1.0)
+    assert np.all(table.numpy()[[3, 5]] < 1.0)
+
+
+@pytest.mark.parametrize("granularity", ["variable", "row"])
+def test_sparse_step_under_xla_updates_the_table_in_place(granularity):
+    """XLA copies a variable it both gathers from and scatters into unless the scatter depends
+    on the gather; the compiled step must hold no whole-table copy (O(rows touched))."""
+    rows, dim = 1009, 3
+    table = tf.Variable(np.ones((rows, dim), np.float32))
+    optimizer = ClippyAdagrad(0.1, granularity=granularity)
+
+    @tf.function(jit_compile=True)
+    def step(values, indices):
+        gradient = tf.IndexedSlices(values, indices, tf.constant([rows, dim], tf.int64))
+        optimizer.apply_gradients([(gradient, table)])
+
+    values, indices = tf.ones([2, dim]), tf.constant([3, 5])
+    step(values, indices)
+    hlo = step.experimental_get_compiler_ir(values, indices)(stage="optimized_hlo")
+    copies = [line for line in hlo.splitlines() if f"[{rows},{dim}]" in line and " copy(" in line]
+    assert not copies, copies
+    assert np.all(table.numpy()[[0, 1, 2, 4]] == 1.0) and np.all(table.numpy()[[3, 5]] < 1.0)

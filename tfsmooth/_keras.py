@@ -14,15 +14,21 @@ from __future__ import annotations
 import os
 from typing import Any, TypeVar
 
+import numpy as np
 import tensorflow as tf
 
 __all__ = [
     "IS_KERAS_3",
     "KERAS_FLAVOUR",
     "PACKAGE",
+    "compute_loss_tracker",
+    "deserialize_compile_config",
     "is_keras_tensor",
     "keras",
     "register_serializable",
+    "replica_count",
+    "require_tf_keras",
+    "scale_for_replicas",
 ]
 
 #: The package name under which every public tfsmooth object is registered for serialization.
@@ -75,15 +81,63 @@ def is_keras_tensor(x: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Losses and models with their own compute_loss, under tf.distribute.
+
+
+def replica_count() -> int:
+    """The number of replicas of the current ``tf.distribute`` strategy (1 without one)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def scale_for_replicas(loss: Any) -> Any:
+    """What a Keras loss's mean returns under a strategy, in the flavour in use.
+
+    Keras 3 losses divide a per-replica mean by the number of replicas themselves (``fit`` then
+    sums the replicas' gradients); tf-keras losses return the per-replica mean and leave the
+    division to ``compile``'s loss container. A custom loss class calls this on its mean so it
+    behaves as the flavour's built-in losses do.
+    """
+    replicas = replica_count()
+    if IS_KERAS_3 and replicas > 1:
+        return loss * (1.0 / replicas)
+    return loss
+
+
+def compute_loss_tracker() -> Any:
+    """A ``Mean("loss")`` for a model that overrides ``compute_loss``, or None where none is needed.
+
+    Keras 3's train step tracks whatever ``compute_loss`` returns; tf-keras's tracks the compiled
+    loss only, so a model computing its own loss must track it itself (``tracker.update_state``).
+    """
+    return None if IS_KERAS_3 else keras.metrics.Mean(name="loss")
+
+
+def deserialize_compile_config(config: dict) -> dict:
+    """The ``compile`` arguments saved in a ``.keras`` file, deserialized by the flavour's own
+    new-format deserializer (``keras.utils``' in Keras 3, ``keras.saving``'s in tf-keras)."""
+    if IS_KERAS_3:
+        return keras.utils.deserialize_keras_object(config)
+    return keras.saving.deserialize_keras_object(config)
+
+
+def require_tf_keras(message: str) -> None:
+    """Raises ``ImportError(message)`` under Keras 3: for code (TFRS) that needs tf-keras."""
+    if IS_KERAS_3:
+        raise ImportError(f"{message} This process uses Keras 3 (TF_USE_LEGACY_KERAS is not set).")
+
+
+# ----------------------------------------------------------------------------------------------------
 # Optimizer adapters, for tfsmooth.optimizers (ClippyAdagrad, Clippy).
 #
 # Keras 3 and tf-keras build optimizers differently: Keras 3 calls
-# ``update_step(gradient, variable, learning_rate)`` and creates state with
-# ``add_variable_from_reference(reference_variable, name, initializer)``; tf-keras calls
-# ``update_step(gradient, variable)``, creates state with
-# ``add_variable_from_reference(model_variable, variable_name, shape, initial_value)``, keeps the
-# learning rate itself and deduplicates sparse gradients before the update. The two base classes
-# below give tfsmooth's optimizers one API over both; the math stays in tfsmooth.optimizers.
+# ``update_step(gradient, variable, learning_rate)``, creates state with
+# ``add_variable_from_reference(reference_variable, name, initializer)`` and applies gradients with
+# ``apply(grads, trainable_variables)``; tf-keras calls ``update_step(gradient, variable)``, creates
+# state with ``add_variable_from_reference(model_variable, variable_name, shape, initial_value)``,
+# keeps the learning rate itself, deduplicates sparse gradients before the update and applies with
+# ``apply_gradients(grads_and_vars, name, skip_gradients_aggregation)``. ``OptimizerAdapter`` and
+# ``OptimizerWrapperAdapter`` (one definition per flavour) turn both into the one API that
+# ``tfsmooth.optimizers._base`` builds on; the math stays in ``tfsmooth.optimizers``.
 
 
 def native_variable(variable: Any) -> Any:
@@ -102,68 +156,106 @@ def variable_path(variable: Any) -> str:
     return name[:-2] if name.endswith(":0") else name
 
 
-def deduplicate_sparse(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
-    """Sums the rows of repeated indices, as tf-keras does before every sparse update.
+def _to_python(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_python(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_python(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
-    Sort-based with static shapes, which XLA compiles far better than ``tf.unique``: the result
-    has as many rows as the input; the rows past the unique indices are zero and point at an index
-    already present, so adding them changes nothing.
+
+def get_optimizer(identifier: Any, custom_objects: dict | None = None) -> Any:
+    """``keras.optimizers.get``, giving the same optimizer for a config dict in both flavours.
+
+    tf-keras turns a dict without ``"is_legacy_optimizer": False`` in its config (a hand-written
+    ``{"class_name": "Adam", "config": {...}}``) into its *legacy* optimizer, which is not a
+    ``keras.optimizers.Optimizer``; here such a dict gives the current one, as under Keras 3.
+    ``custom_objects`` resolves class names that are not registered.
     """
-    indices = gradient.indices
-    count = tf.shape(indices)[0]
-    order = tf.argsort(indices, stable=True)
-    ordered = tf.gather(indices, order)
-    positions = tf.range(count)
-    first = tf.logical_or(
-        tf.equal(positions, 0), tf.not_equal(ordered, tf.roll(ordered, shift=1, axis=0))
-    )
-    segments = tf.cumsum(tf.cast(first, tf.int32)) - 1
-    values = tf.math.unsorted_segment_sum(tf.gather(gradient.values, order), segments, count)
-    unique = tf.math.unsorted_segment_max(ordered, segments, count)
-    used = positions < tf.reduce_sum(tf.cast(first, tf.int32))
-    unique = tf.where(used, unique, tf.reduce_min(indices))
-    return tf.IndexedSlices(values, unique, gradient.dense_shape)
+    if not IS_KERAS_3 and isinstance(identifier, dict):
+        config = dict(identifier.get("config") or {})
+        config.setdefault("is_legacy_optimizer", False)
+        identifier = {**identifier, "config": config}
+    with keras.utils.custom_object_scope(custom_objects or {}):
+        return keras.optimizers.get(identifier)
 
 
-class OptimizerBase(keras.optimizers.Optimizer):
-    """The base of tfsmooth's optimizers, with one API in both Keras flavours.
+def serialize_optimizer(optimizer: Any) -> dict:
+    """``keras.optimizers.serialize`` in plain Python types, ready for JSON.
 
-    Subclasses implement ``build_state(variables)`` (create per-variable state with
-    :meth:`add_state`) and ``apply_update(gradient, variable, learning_rate)``, which updates one
-    variable: ``variable`` is a ``tf.Variable``, ``gradient`` a dense tensor or a
-    ``tf.IndexedSlices`` without repeated indices, ``learning_rate`` the current rate (schedules
-    already evaluated). :meth:`variable_index` finds a variable's state.
+    tf-keras's configs hold numpy scalars (the learning rate read from its variable); they become
+    Python numbers. Keras 3's are returned as they are.
     """
+    return _to_python(keras.optimizers.serialize(optimizer))
 
-    def __init__(self, learning_rate: Any, *, name: str, **kwargs: Any):
-        if IS_KERAS_3:
+
+def config_to_python(config: dict) -> dict:
+    """An optimizer config with the numpy scalars tf-keras leaves in it as Python numbers."""
+    return _to_python(config)
+
+
+def gradient_scale(optimizer: Any) -> float | None:
+    """The factor the gradients handed to ``optimizer`` are multiplied by, or ``None``.
+
+    Keras 3 optimizers take a ``loss_scale_factor``: they receive gradients of the scaled loss and
+    divide by it themselves. tf-keras optimizers always receive unscaled gradients (its
+    ``LossScaleOptimizer`` unscales before passing them on), so this is ``None`` there.
+    """
+    if not IS_KERAS_3:
+        return None
+    return getattr(optimizer, "loss_scale_factor", None) or None
+
+
+def guard_update_step(optimizer: Any, guard: Any) -> None:
+    """Routes each per-variable update of ``optimizer`` through ``guard``.
+
+    ``guard(update, gradient, variable)`` is called in place of the optimizer's own update of
+    ``variable`` (in that variable's update context, so also under ``tf.distribute``), with
+    ``update`` a function of no arguments that runs the optimizer's own update. Keras 3 calls
+    ``update_step(gradient, variable, learning_rate)``, tf-keras ``update_step(gradient,
+    variable)``; the guard sees the same three arguments in both.
+    """
+    original = optimizer.update_step
+    if IS_KERAS_3:
+
+        def update_step(gradient, variable, learning_rate):
+            return guard(lambda: original(gradient, variable, learning_rate), gradient, variable)
+
+    else:
+
+        def update_step(gradient, variable):
+            return guard(lambda: original(gradient, variable), gradient, variable)
+
+    # Not through the trackable __setattr__: a plain function, nothing to checkpoint.
+    object.__setattr__(optimizer, "update_step", update_step)
+
+
+if IS_KERAS_3:
+
+    class OptimizerAdapter(keras.optimizers.Optimizer):
+        """Keras 3's optimizer under tfsmooth's optimizer API (see ``tfsmooth.optimizers._base``).
+
+        Provides ``__init__(learning_rate, *, name, **kwargs)``, ``build`` (once, then
+        ``self.build_state(variables)``), ``add_state``, ``variable_index`` and an
+        ``update_step`` that calls ``self.update_variable(gradient, variable, learning_rate,
+        deduplicated=False)``: Keras 3 passes sparse gradients on with repeated indices.
+        """
+
+        def __init__(self, learning_rate: Any, *, name: str, **kwargs: Any):
             super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        else:
-            super().__init__(name=name, **kwargs)
-            self._learning_rate = self._build_learning_rate(learning_rate)
 
-    def build(self, var_list):
-        if IS_KERAS_3:
+        def build(self, var_list):
             if self.built:
                 return
             super().build(var_list)
-        else:
-            if getattr(self, "_built", False):
-                return
-            super().build(var_list)
-            self._built = True
-        self.build_state(list(var_list))
+            self.build_state(list(var_list))
 
-    def build_state(self, variables: list) -> None:
-        raise NotImplementedError
+        def add_state(self, variable: Any, name: str, *, initial_value: float = 0.0, shape=None):
+            """A new optimizer variable for ``variable``: its dtype and device, filled with
+            ``initial_value``, of the variable's shape or of ``shape``."""
 
-    def apply_update(self, gradient: Any, variable: tf.Variable, learning_rate: Any) -> None:
-        raise NotImplementedError
-
-    def add_state(self, variable: Any, name: str, *, initial_value: float = 0.0, shape=None):
-        """A new optimizer variable for ``variable``: its dtype and device, filled with
-        ``initial_value``, of the variable's shape or of ``shape``."""
-        if IS_KERAS_3:
             # Not keras.initializers.Constant: it rounds the value through float32 first.
             def initializer(shape, dtype=None):
                 return tf.fill(shape, tf.constant(initial_value, dtype))
@@ -178,89 +270,21 @@ class OptimizerBase(keras.optimizers.Optimizer):
                     dtype=variable.dtype,
                     name=f"{prefix}_{name}",
                 )
-        dtype = getattr(variable, "true_dtype", variable.dtype)
-        full_shape = tf.TensorShape(variable.shape if shape is None else shape).as_list()
-        return self.add_variable_from_reference(
-            variable,
-            name,
-            shape=shape,
-            initial_value=tf.fill(full_shape, tf.constant(initial_value, dtype)),
-        )
 
-    def variable_index(self, variable: Any) -> int:
-        """The position of ``variable`` in the list the optimizer was built with."""
-        if IS_KERAS_3:
+        def variable_index(self, variable: Any) -> int:
+            """The position of ``variable`` in the list the optimizer was built with."""
             return self._get_variable_index(variable)
-        return self._index_dict[self._var_key(variable)]
-
-    if IS_KERAS_3:
 
         def update_step(self, gradient, variable, learning_rate):
-            if isinstance(gradient, tf.IndexedSlices):
-                gradient = deduplicate_sparse(gradient)
-            self.apply_update(gradient, variable, learning_rate)
+            self.update_variable(gradient, variable, learning_rate, deduplicated=False)
 
-    else:
+    class OptimizerWrapperAdapter(OptimizerAdapter):
+        """Keras 3's ``apply``/``apply_gradients`` for an optimizer that wraps ``inner_optimizer``.
 
-        def update_step(self, gradient, variable):
-            self.apply_update(gradient, variable, self.learning_rate)
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        if not IS_KERAS_3:
-            config["learning_rate"] = self._serialize_hyperparameter(self._learning_rate)
-        if hasattr(config.get("learning_rate"), "dtype"):  # a numpy scalar read from a variable
-            config["learning_rate"] = float(config["learning_rate"])
-        return config
-
-
-class OptimizerWrapperBase(OptimizerBase):
-    """The base of optimizers that let an inner optimizer apply the gradients, then adjust.
-
-    Subclasses implement ``build_state(variables)``, ``before_apply(gradients, variables)``
-    (returns what ``after_apply`` needs, e.g. the variables' values before the step) and
-    ``after_apply(gradients, variables, before, aggregated)``, called in the replica context
-    right after the inner optimizer's own ``apply_gradients`` (its gradient clipping, weight
-    decay, distribution and iteration count all stay its own). ``aggregated`` says whether the
-    gradients were already summed over replicas. Iterations and learning rate are the inner
-    optimizer's.
-    """
-
-    def __init__(self, inner_optimizer: Any, *, name: str):
-        super().__init__(0.0, name=name)
-        self.inner_optimizer = inner_optimizer
-
-    def build(self, var_list):
-        self.inner_optimizer.build(var_list)
-        super().build(var_list)
-
-    def before_apply(self, gradients: list, variables: list) -> Any:
-        raise NotImplementedError
-
-    def after_apply(self, gradients: list, variables: list, before: Any, aggregated: bool):
-        raise NotImplementedError
-
-    @property
-    def iterations(self):
-        return self.inner_optimizer.iterations
-
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, value):
-        self.inner_optimizer.learning_rate = value
-
-    @property
-    def variables(self):
-        own = super().variables
-        return type(own)(list(own) + list(self.inner_optimizer.variables))
-
-    def finalize_variable_values(self, var_list):
-        self.inner_optimizer.finalize_variable_values(var_list)
-
-    if IS_KERAS_3:
+        Both call ``self.apply_wrapped(grads, variables, apply_inner, aggregated)``, where
+        ``apply_inner()`` lets the inner optimizer apply the gradients (its own ``apply``) and
+        ``aggregated`` says whether they were already summed over replicas (never, here).
+        """
 
         def apply(self, grads, trainable_variables=None):
             if trainable_variables is None:
@@ -272,16 +296,77 @@ class OptimizerWrapperBase(OptimizerBase):
                         self.build(variables)
                     self.built = True
             grads = list(grads)
-            before = self.before_apply(grads, variables)
-            self.inner_optimizer.apply(grads, trainable_variables)
-            self.after_apply(grads, variables, before, False)
+            self.apply_wrapped(
+                grads,
+                variables,
+                lambda: self.inner_optimizer.apply(grads, trainable_variables),
+                False,
+            )
 
         def apply_gradients(self, grads_and_vars):
             grads, variables = zip(*grads_and_vars)
             self.apply(grads, variables)
             return self.iterations
 
-    else:
+else:
+
+    class OptimizerAdapter(keras.optimizers.Optimizer):
+        """tf-keras's optimizer under tfsmooth's optimizer API (see ``tfsmooth.optimizers._base``).
+
+        Provides ``__init__(learning_rate, *, name, **kwargs)``, ``build`` (once, then
+        ``self.build_state(variables)``), ``add_state``, ``variable_index`` and an
+        ``update_step`` that calls ``self.update_variable(gradient, variable, learning_rate,
+        deduplicated=True)``: tf-keras sums repeated rows of sparse gradients before the update
+        and keeps the learning rate itself (``self.learning_rate``, schedules evaluated).
+        """
+
+        def __init__(self, learning_rate: Any, *, name: str, **kwargs: Any):
+            # tf-keras's base defaults to weight_decay=0 (its own optimizers pass None): with 0
+            # every step decays every variable by 0 -- a dense read and write of each variable,
+            # embedding tables included, for nothing. None, as in Keras 3, skips it.
+            kwargs.setdefault("weight_decay", None)
+            super().__init__(name=name, **kwargs)
+            self._learning_rate = self._build_learning_rate(learning_rate)
+
+        def build(self, var_list):
+            if getattr(self, "_built", False):
+                return
+            super().build(var_list)
+            self._built = True
+            self.build_state(list(var_list))
+
+        def add_state(self, variable: Any, name: str, *, initial_value: float = 0.0, shape=None):
+            """A new optimizer variable for ``variable``: its dtype and device, filled with
+            ``initial_value``, of the variable's shape or of ``shape``."""
+            dtype = getattr(variable, "true_dtype", variable.dtype)
+            full_shape = tf.TensorShape(variable.shape if shape is None else shape).as_list()
+            return self.add_variable_from_reference(
+                variable,
+                name,
+                shape=shape,
+                initial_value=tf.fill(full_shape, tf.constant(initial_value, dtype)),
+            )
+
+        def variable_index(self, variable: Any) -> int:
+            """The position of ``variable`` in the list the optimizer was built with."""
+            return self._index_dict[self._var_key(variable)]
+
+        def update_step(self, gradient, variable):
+            self.update_variable(gradient, variable, self.learning_rate, deduplicated=True)
+
+        def get_config(self) -> dict:
+            config = super().get_config()
+            config["learning_rate"] = self._serialize_hyperparameter(self._learning_rate)
+            return config
+
+    class OptimizerWrapperAdapter(OptimizerAdapter):
+        """tf-keras's ``apply_gradients`` for an optimizer that wraps ``inner_optimizer``.
+
+        Calls ``self.apply_wrapped(grads, variables, apply_inner, aggregated)``, where
+        ``apply_inner()`` lets the inner optimizer apply the gradients (its own
+        ``apply_gradients``, with the same arguments) and ``aggregated`` says whether the
+        gradients were already summed over replicas (``skip_gradients_aggregation``).
+        """
 
         def apply_gradients(
             self, grads_and_vars, name=None, skip_gradients_aggregation=False, **kwargs
@@ -295,12 +380,15 @@ class OptimizerWrapperBase(OptimizerBase):
             aggregated = skip_gradients_aggregation or not kwargs.get(
                 "experimental_aggregate_gradients", True
             )
-            before = self.before_apply(grads, variables)
-            self.inner_optimizer.apply_gradients(
-                grads_and_vars,
-                name=name,
-                skip_gradients_aggregation=skip_gradients_aggregation,
-                **kwargs,
+            self.apply_wrapped(
+                grads,
+                variables,
+                lambda: self.inner_optimizer.apply_gradients(
+                    grads_and_vars,
+                    name=name,
+                    skip_gradients_aggregation=skip_gradients_aggregation,
+                    **kwargs,
+                ),
+                aggregated,
             )
-            self.after_apply(grads, variables, before, aggregated)
             return self.iterations

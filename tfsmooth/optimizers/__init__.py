@@ -6,6 +6,8 @@
 - :class:`ClippyAdagrad`: Adagrad with the rule inside its step; a drop-in for TFRS's
   ``ClippyAdagrad`` that also runs under Keras 3.
 - :class:`Clippy`: the rule around any Keras optimizer (``Clippy(keras.optimizers.Adam())``).
+- :func:`nonfinite_gradient_count`: how many variable-updates were skipped because their
+  gradient had a NaN or infinite coordinate (the variable and its state are left unchanged).
 - :func:`clipping_statistics`: the last step's clipping factor, update-to-bound ratio, gradient
   norm and weight norm of every variable, for any of them (also inside a ``LossScaleOptimizer``).
 """
@@ -30,6 +32,9 @@ def find_clippy(optimizer: Any):
         The :class:`ClippyAdagrad` or :class:`Clippy` found by following ``inner_optimizer``
         (at most 8 levels), or ``None`` when there is none.
 
+    Raises:
+        TypeError: ``optimizer`` is neither ``None`` nor an optimizer (no ``apply_gradients``).
+
     Example:
 
     >>> import tensorflow as tf
@@ -38,6 +43,10 @@ def find_clippy(optimizer: Any):
     >>> find_clippy(clippy) is clippy, find_clippy(tf.keras.optimizers.SGD()) is None
     (True, True)
     """
+    if optimizer is not None and not hasattr(optimizer, "apply_gradients"):
+        raise TypeError(
+            f"`optimizer` must be an optimizer or None. Received: optimizer={optimizer!r}"
+        )
     seen = 0
     while optimizer is not None and seen < 8:
         if isinstance(optimizer, (ClippyAdagrad, Clippy)):
@@ -73,6 +82,35 @@ def clipping_statistics(optimizer: Any) -> dict[str, dict[str, float]]:
     return {} if clippy is None else clippy.clipping_statistics()
 
 
+def nonfinite_gradient_count(optimizer: Any) -> Any:
+    """How many variable-updates a tfsmooth optimizer skipped for a non-finite gradient.
+
+    Every tfsmooth optimizer leaves a variable whose gradient has a NaN or infinite coordinate
+    unchanged in that step (weights and optimizer state) and counts it in an int64 optimizer
+    variable, ``nonfinite_gradients``, which checkpoints keep.
+
+    Args:
+        optimizer: any optimizer (or ``None``); a :class:`ClippyAdagrad` or :class:`Clippy` is
+            found also inside a ``LossScaleOptimizer``.
+
+    Returns:
+        The counter (a scalar int64 variable), or ``None`` for other optimizers and before the
+        optimizer is built.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from tfsmooth.optimizers import ClippyAdagrad, nonfinite_gradient_count
+    >>> w, b = tf.Variable([1.0, 2.0]), tf.Variable([0.5])
+    >>> optimizer = ClippyAdagrad()
+    >>> _ = optimizer.apply_gradients([(tf.constant([1.0, float("nan")]), w), (tf.ones(1), b)])
+    >>> w.numpy(), int(nonfinite_gradient_count(optimizer))  # w skipped, b updated
+    (array([1., 2.], dtype=float32), 1)
+    """
+    clippy = find_clippy(optimizer)
+    return None if clippy is None else clippy.nonfinite_gradients
+
+
 __all__ = [
     "STATISTICS",
     "Clippy",
@@ -81,5 +119,6 @@ __all__ = [
     "clipping_statistics",
     "clippy_adagrad_step",
     "find_clippy",
+    "nonfinite_gradient_count",
     "shrink_update",
 ]

@@ -16,14 +16,13 @@ checkpoints and ``.keras`` files keep them.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from tfsmooth import _keras
+from tfsmooth._validation import check_choice, check_float
 
 #: The statistics each Clippy optimizer records per variable, in storage order.
 STATISTICS = ("clipping_factor", "update_ratio", "gradient_norm", "variable_norm")
@@ -34,22 +33,12 @@ GRANULARITIES = ("variable", "row")
 
 
 def check_threshold(name: str, value: Any) -> float:
-    if (
-        not isinstance(value, numbers.Real)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"`{name}` must be a finite number >= 0. Received: {name}={value!r}")
-    return float(value)
+    """A clipping threshold: a finite number ``>= 0``, representable in float32."""
+    return check_float(name, value, 0.0, float32=True)
 
 
 def check_granularity(value: Any) -> str:
-    if value not in GRANULARITIES:
-        raise ValueError(
-            f"`granularity` must be one of {list(GRANULARITIES)}. Received: granularity={value!r}"
-        )
-    return value
+    return check_choice("granularity", value, GRANULARITIES)
 
 
 def check_bound(variable_relative_threshold: float, absolute_threshold: float, *others: float):
@@ -134,14 +123,3 @@ class _Untracked:
 
     def __init__(self, value):
         self.value = value
-
-
-def to_python(value: Any) -> Any:
-    """Numpy scalars (tf-keras configs hold some) as Python numbers, recursively, for JSON."""
-    if isinstance(value, dict):
-        return {k: to_python(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_python(v) for v in value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -24,17 +24,16 @@ References:
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import tensorflow as tf
 
 from tfsmooth import _keras
+from tfsmooth._validation import check_bool, check_float
+from tfsmooth.ops.dtypes import compute_dtype
 
 __all__ = ["ShrunkUpdate", "shrink_update"]
-
-_HALF_TYPES = (tf.float16, tf.bfloat16)
 
 
 class ShrunkUpdate(NamedTuple):
@@ -62,14 +61,8 @@ class ShrunkUpdate(NamedTuple):
     ratio: tf.Tensor
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _check_threshold(name: str, value: Any) -> float:
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"`{name}` must be a finite number >= 0. Received: {name}={value!r}")
-    return float(value)
+    return check_float(name, value, 0.0, float32=True)
 
 
 @_keras.register_serializable
@@ -148,8 +141,7 @@ def shrink_update(
             f"{len(relative)} relative_thresholds for {len(references)} references"
         )
     absolute = _check_threshold("absolute_threshold", absolute_threshold)
-    if not isinstance(per_row, bool):
-        raise TypeError(f"`per_row` must be True or False. Received: per_row={per_row!r}")
+    per_row = check_bool("per_row", per_row)
     update = tf.convert_to_tensor(update)
     if not update.dtype.is_floating:
         raise TypeError(
@@ -171,7 +163,7 @@ def _shrink(
     per_row: bool,
 ) -> ShrunkUpdate:
     """The rule without validation: the optimizers call this in their hot path."""
-    dtype = tf.float32 if update.dtype in _HALF_TYPES else update.dtype
+    dtype = compute_dtype(update.dtype)
     u = tf.cast(update, dtype)
     # b = lambda_abs + sum_j lambda_j |r_j|, summed in the order TFRS sums it (so results agree to
     # the bit); terms with lambda_j = 0 are skipped (they add exactly 0 for finite references).

@@ -9,13 +9,14 @@ import tensorflow as tf
 from tfsmooth import _keras
 from tfsmooth._validation import check_bool
 from tfsmooth.optimizers import _statistics
+from tfsmooth.optimizers._base import OptimizerWrapperBase, deduplicate_sparse
 from tfsmooth.optimizers.clipping import _shrink
 
 __all__ = ["Clippy"]
 
 
 @_keras.register_serializable
-class Clippy(_statistics.ClippingStatisticsMixin, _keras.OptimizerWrapperBase):
+class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
     """Wraps any Keras optimizer and shrinks each variable's update by the Clippy rule.
 
     The inner optimizer (Adam, SGD, Adagrad, ...) takes its step as usual -- its own gradient
@@ -31,6 +32,11 @@ class Clippy(_statistics.ClippingStatisticsMixin, _keras.OptimizerWrapperBase):
     2023, with the inner optimizer's step in place of Adagrad's). Where no clipping is needed the
     weights are exactly the inner optimizer's. The inner optimizer's state (momenta,
     accumulators) is updated with the unclipped gradient, as TFRS's ClippyAdagrad does by default.
+
+    A variable whose gradient has a NaN or infinite coordinate is skipped: the inner optimizer's
+    update of it does not run in that step (its weights and its momenta or accumulators stay as
+    they were), and :attr:`nonfinite_gradients` counts it; the others take their step. The inner
+    optimizer's iteration count still advances.
 
     It works under mixed precision (``LossScaleOptimizer`` wrapping it, which
     ``model.compile`` does under a ``mixed_float16`` policy, or wrapped by it) and under
@@ -57,7 +63,8 @@ class Clippy(_statistics.ClippingStatisticsMixin, _keras.OptimizerWrapperBase):
     Raises:
         ValueError: for a negative or non-finite threshold, both thresholds 0, an unknown
             granularity or an optimizer Keras does not know.
-        TypeError: for a non-boolean flag.
+        TypeError: for a non-boolean flag, a non-number threshold or an object that is not an
+            optimizer.
 
     Example:
 
@@ -86,7 +93,7 @@ class Clippy(_statistics.ClippingStatisticsMixin, _keras.OptimizerWrapperBase):
         _statistics.check_bound(relative, absolute)
         granularity = _statistics.check_granularity(granularity)
         export = check_bool("export_clipping_factors", export_clipping_factors)
-        inner = _keras.keras.optimizers.get(optimizer)
+        inner = _keras.get_optimizer(optimizer)
         if not isinstance(inner, _keras.keras.optimizers.Optimizer):
             raise TypeError(
                 "`optimizer` must be a Keras optimizer. "
@@ -166,33 +173,29 @@ class Clippy(_statistics.ClippingStatisticsMixin, _keras.OptimizerWrapperBase):
             variable.assign(constraint(variable))
         if self.export_clipping_factors:
             if isinstance(gradient, tf.IndexedSlices):  # repeated rows add up
-                values = _keras.deduplicate_sparse(gradient).values
+                values = deduplicate_sparse(gradient).values
             else:
                 values = gradient
             values = tf.cast(values, move.dtype)
-            scale = getattr(self.inner_optimizer, "loss_scale_factor", None)
-            if scale:
+            scale = _keras.gradient_scale(self.inner_optimizer)
+            if scale is not None:
                 values = values / scale
             self.record_statistics(
                 index, shrunk.factor, shrunk.ratio, tf.reduce_sum(values * values)
             )
 
     def get_config(self) -> dict:
-        return _statistics.to_python(
-            {
-                "name": self.name,
-                "optimizer": _keras.keras.optimizers.serialize(self.inner_optimizer),
-                "variable_relative_threshold": self.variable_relative_threshold,
-                "absolute_threshold": self.absolute_threshold,
-                "granularity": self.granularity,
-                "export_clipping_factors": self.export_clipping_factors,
-            }
-        )
+        return {
+            "name": self.name,
+            "optimizer": _keras.serialize_optimizer(self.inner_optimizer),
+            "variable_relative_threshold": self.variable_relative_threshold,
+            "absolute_threshold": self.absolute_threshold,
+            "granularity": self.granularity,
+            "export_clipping_factors": self.export_clipping_factors,
+        }
 
     @classmethod
     def from_config(cls, config: dict, custom_objects: dict | None = None) -> Clippy:
         config = dict(config)
-        inner = _keras.keras.optimizers.deserialize(
-            config.pop("optimizer"), custom_objects=custom_objects
-        )
+        inner = _keras.get_optimizer(config.pop("optimizer"), custom_objects=custom_objects)
         return cls(inner, **config)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, NamedTuple
 
 import tensorflow as tf
 
 from tfsmooth import _keras
-from tfsmooth._validation import check_bool
+from tfsmooth._validation import check_bool, check_float, is_number
 from tfsmooth.optimizers import _statistics
+from tfsmooth.optimizers._base import OptimizerBase
 from tfsmooth.optimizers.clipping import _shrink
 
 __all__ = ["ClippyAdagrad", "clippy_adagrad_step"]
@@ -107,26 +106,32 @@ def clippy_adagrad_step(
     return ClippyAdagradStep(shrunk.update, increment, shrunk.factor, shrunk.ratio)
 
 
+def _depending_on(rows: tf.Tensor, change: tf.Tensor) -> tf.Tensor:
+    """``change``, unchanged, but computed from ``rows`` (the rows it is scattered into).
+
+    Under XLA a scatter into a variable whose rows were gathered earlier in the step, with no
+    data dependency between the two, makes XLA copy the whole variable (it cannot prove the gather
+    runs first), so a sparse step costs O(table). Where ``rows`` is NaN the sum is NaN whatever is
+    added, so this select changes no result; it only orders the gather before the scatter.
+    """
+    return tf.where(tf.math.is_nan(rows), rows, change)
+
+
 def _check_learning_rate(value: Any) -> Any:
     if isinstance(value, _keras.keras.optimizers.schedules.LearningRateSchedule) or (
         callable(value) and not isinstance(value, (tf.Tensor, tf.Variable))
     ):
         return value
-    if (
-        not isinstance(value, numbers.Real)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(
-            "`learning_rate` must be a finite number > 0, a LearningRateSchedule or a callable. "
+    if not is_number(value):
+        raise TypeError(
+            "`learning_rate` must be a number > 0, a LearningRateSchedule or a callable. "
             f"Received: learning_rate={value!r}"
         )
-    return float(value)
+    return check_float("learning_rate", value, 0.0, min_inclusive=False, float32=True)
 
 
 @_keras.register_serializable
-class ClippyAdagrad(_statistics.ClippingStatisticsMixin, _keras.OptimizerBase):
+class ClippyAdagrad(_statistics.ClippingStatisticsMixin, OptimizerBase):
     """Adagrad with Clippy's adaptive clipping, in Keras 3 and tf-keras.
 
     Each step scales the Adagrad update of a variable by the largest ``sigma`` in ``(0, 1]`` such
@@ -174,6 +179,16 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, _keras.OptimizerBase):
     clipping (0.790) -- the setting to start from for models with large embedding tables (chosen
     on one seed's test AUC; see ``benchmarks/RESULTS.md``).
 
+    **Non-finite gradients**: a variable whose gradient has a NaN or infinite coordinate is left
+    as it was in that step -- weights and accumulator, bit for bit -- and counted in
+    :attr:`nonfinite_gradients` (read by the :class:`~tfsmooth.callbacks.StabilityMonitor`);
+    the other variables take their step. Keras's Adagrad would turn that coordinate NaN, and the
+    clipping factor of the whole variable (and so every weight of it) would follow.
+
+    **Sparse gradients** (``tf.IndexedSlices``, embedding tables) cost O(rows touched) in time and
+    memory, with or without XLA: only the looked-up rows of the table and of its accumulator are
+    read and written.
+
     Args:
         learning_rate: ``eta``: a float > 0, a ``LearningRateSchedule`` or a callable.
         initial_accumulator_value: starting value of ``G``, ``>= 0``.
@@ -199,7 +214,7 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, _keras.OptimizerBase):
         ValueError: for a non-positive learning rate, a negative or non-finite threshold,
             ``initial_accumulator_value + epsilon == 0`` (the first step would divide by zero),
             all thresholds 0, both accumulator options on, or an unknown granularity.
-        TypeError: for non-boolean flags.
+        TypeError: for non-boolean flags, a non-number threshold or learning rate.
 
     Example:
 
@@ -275,7 +290,9 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, _keras.OptimizerBase):
         if self.export_clipping_factors:
             self.build_statistics(variables)
 
-    def apply_update(self, gradient: Any, variable: tf.Variable, learning_rate: Any) -> None:
+    def apply_update(
+        self, gradient: Any, variable: tf.Variable, learning_rate: Any, finite: tf.Tensor
+    ) -> None:
         dtype = variable.dtype
         index = self.variable_index(variable)
         accumulator = _keras.native_variable(self._accumulators[index])
@@ -302,12 +319,19 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, _keras.OptimizerBase):
             use_standard_accumulator_update=self.use_standard_accumulator_update,
             per_row=sparse and self.granularity == "row",
         )
+        # A non-finite gradient changes nothing: w - 0 and G + 0 are w and G exactly.
+        update = tf.where(finite, step.update, tf.zeros_like(step.update))
+        increment = tf.where(
+            finite, step.accumulator_increment, tf.zeros_like(step.accumulator_increment)
+        )
         if sparse:
-            accumulator.scatter_add(tf.IndexedSlices(step.accumulator_increment, indices))
-            variable.scatter_sub(tf.IndexedSlices(step.update, indices))
+            increment = _depending_on(accumulated, increment)
+            update = _depending_on(weights, update)
+            accumulator.scatter_add(tf.IndexedSlices(increment, indices))
+            variable.scatter_sub(tf.IndexedSlices(update, indices))
         else:
-            accumulator.assign_add(step.accumulator_increment)
-            variable.assign_sub(step.update)
+            accumulator.assign_add(increment)
+            variable.assign_sub(update)
         if self.export_clipping_factors:
             square = values * values if self.clip_accumulator_update else step.accumulator_increment
             self.record_statistics(index, step.factor, step.ratio, tf.reduce_sum(square))
@@ -325,4 +349,4 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, _keras.OptimizerBase):
             use_standard_accumulator_update=self.use_standard_accumulator_update,
             granularity=self.granularity,
         )
-        return _statistics.to_python(config)
+        return config

@@ -1,0 +1,200 @@
+"""The base classes of tfsmooth's optimizers, and their policy for non-finite gradients.
+
+:class:`OptimizerBase` (ClippyAdagrad) and :class:`OptimizerWrapperBase` (Clippy) stand on
+``tfsmooth._keras.OptimizerAdapter`` / ``OptimizerWrapperAdapter``, which give one API over Keras 3
+and tf-keras; nothing here asks which Keras is loaded.
+
+**Non-finite gradients.** A variable whose gradient has any NaN or infinite coordinate is left
+unchanged in that step: its weights *and* its optimizer state (accumulators, moments), and the
+optimizer's ``nonfinite_gradients`` counter (an int64 optimizer variable, so checkpoints keep it)
+grows by one. Other variables take their step as usual. This is Keras's ``LossScaleOptimizer``
+policy (skip the step, count it) applied per variable: a NaN coordinate means the whole gradient
+of that variable is untrustworthy (an overflow upstream), and updating the other coordinates
+with it -- or, as the Clippy rule would, shrinking the whole variable by a NaN factor -- would
+corrupt weights or state that a later finite step cannot repair. The check is one ``is_finite``
+reduction over the gradient (for a sparse gradient, over its rows only) and a select on device:
+no host round trip, the same under XLA. Weight decay, applied by the Keras base optimizer before
+the update, is not skipped; with ``global_clipnorm`` one non-finite coordinate makes every
+gradient non-finite, so the whole step is skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from tfsmooth import _keras
+
+__all__ = ["OptimizerBase", "OptimizerWrapperBase", "deduplicate_sparse", "is_finite_gradient"]
+
+#: The name of the counter of skipped variable-updates each tfsmooth optimizer keeps.
+NONFINITE_COUNTER = "nonfinite_gradients"
+
+
+def deduplicate_sparse(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
+    """Sums the rows of repeated indices, as tf-keras does before every sparse update.
+
+    Sort-based with static shapes, which XLA compiles far better than ``tf.unique``: the result
+    has as many rows as the input; the rows past the unique indices are zero and point at an index
+    already present, so adding them changes nothing.
+    """
+    indices = gradient.indices
+    count = tf.shape(indices)[0]
+    order = tf.argsort(indices, stable=True)
+    ordered = tf.gather(indices, order)
+    positions = tf.range(count)
+    first = tf.logical_or(
+        tf.equal(positions, 0), tf.not_equal(ordered, tf.roll(ordered, shift=1, axis=0))
+    )
+    segments = tf.cumsum(tf.cast(first, tf.int32)) - 1
+    values = tf.math.unsorted_segment_sum(tf.gather(gradient.values, order), segments, count)
+    unique = tf.math.unsorted_segment_max(ordered, segments, count)
+    used = positions < tf.reduce_sum(tf.cast(first, tf.int32))
+    unique = tf.where(used, unique, tf.reduce_min(indices))
+    return tf.IndexedSlices(values, unique, gradient.dense_shape)
+
+
+def is_finite_gradient(gradient: Any) -> tf.Tensor:
+    """A boolean scalar: every coordinate of ``gradient`` is finite (for a ``tf.IndexedSlices``,
+    every coordinate of its rows; nothing proportional to the whole variable)."""
+    values = gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
+    return tf.reduce_all(tf.math.is_finite(values))
+
+
+class _NonfiniteCounter:
+    """The ``nonfinite_gradients`` counter, shared by both base classes."""
+
+    def build_counter(self) -> None:
+        # An optimizer variable, so checkpoints, .keras files and rollbacks keep it.
+        self._nonfinite_gradients = self.add_variable(
+            shape=(), initializer="zeros", dtype="int64", name=NONFINITE_COUNTER
+        )
+
+    def count_nonfinite(self, finite: tf.Tensor) -> None:
+        """Adds one to the counter when ``finite`` is false (in the variable's update context)."""
+        counter = _keras.native_variable(self._nonfinite_gradients)
+        counter.assign_add(tf.cast(tf.logical_not(finite), counter.dtype))
+
+    @property
+    def nonfinite_gradients(self) -> Any:
+        """How many variable-updates were skipped for a non-finite gradient (an int64 variable;
+        ``None`` before the optimizer is built)."""
+        return getattr(self, "_nonfinite_gradients", None)
+
+
+class OptimizerBase(_NonfiniteCounter, _keras.OptimizerAdapter):
+    """The base of tfsmooth's optimizers, with one API in both Keras flavours.
+
+    Subclasses implement ``build_state(variables)`` (create per-variable state with
+    :meth:`add_state`) and ``apply_update(gradient, variable, learning_rate, finite)``, which
+    updates one variable: ``variable`` is a ``tf.Variable``, ``gradient`` a dense tensor or a
+    ``tf.IndexedSlices`` without repeated indices, ``learning_rate`` the current rate (schedules
+    already evaluated) and ``finite`` a boolean scalar tensor: when false, the update must leave
+    the variable and its state unchanged (see the module docstring). :meth:`variable_index` finds
+    a variable's state.
+    """
+
+    def build_state(self, variables: list) -> None:
+        raise NotImplementedError
+
+    def build(self, var_list):
+        if not hasattr(self, "_nonfinite_gradients"):
+            self.build_counter()
+        super().build(var_list)
+
+    def apply_update(
+        self, gradient: Any, variable: tf.Variable, learning_rate: Any, finite: tf.Tensor
+    ) -> None:
+        raise NotImplementedError
+
+    def update_variable(
+        self, gradient: Any, variable: tf.Variable, learning_rate: Any, *, deduplicated: bool
+    ) -> None:
+        """Called by the adapter's ``update_step`` for each variable."""
+        if isinstance(gradient, tf.IndexedSlices) and not deduplicated:
+            gradient = deduplicate_sparse(gradient)
+        finite = is_finite_gradient(gradient)
+        self.count_nonfinite(finite)
+        self.apply_update(gradient, variable, learning_rate, finite)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        if hasattr(config.get("learning_rate"), "dtype"):  # a numpy scalar read from a variable
+            config["learning_rate"] = float(config["learning_rate"])
+        return _keras.config_to_python(config)
+
+
+class OptimizerWrapperBase(_NonfiniteCounter, _keras.OptimizerWrapperAdapter):
+    """The base of optimizers that let an inner optimizer apply the gradients, then adjust.
+
+    Subclasses implement ``build_state(variables)``, ``before_apply(gradients, variables)``
+    (returns what ``after_apply`` needs, e.g. the variables' values before the step) and
+    ``after_apply(gradients, variables, before, aggregated)``, called in the replica context
+    right after the inner optimizer's own step (its gradient clipping, weight decay,
+    distribution and iteration count all stay its own). ``aggregated`` says whether the
+    gradients were already summed over replicas. Iterations and learning rate are the inner
+    optimizer's.
+
+    The inner optimizer's update of a variable whose gradient is not finite is skipped (weights
+    and the inner optimizer's state for it stay as they were) and counted in
+    ``nonfinite_gradients``; see the module docstring.
+    """
+
+    def __init__(self, inner_optimizer: Any, *, name: str):
+        super().__init__(0.0, name=name)
+        self.inner_optimizer = inner_optimizer
+        _keras.guard_update_step(inner_optimizer, self._skip_nonfinite)
+
+    def _skip_nonfinite(self, update, gradient, variable):
+        finite = is_finite_gradient(gradient)
+        self.count_nonfinite(finite)
+        return tf.cond(finite, lambda: _no_value(update()), lambda: tf.constant(False))
+
+    def build(self, var_list):
+        self.inner_optimizer.build(var_list)
+        if not hasattr(self, "_nonfinite_gradients"):
+            self.build_counter()
+        super().build(var_list)
+
+    def build_state(self, variables: list) -> None:
+        raise NotImplementedError
+
+    def before_apply(self, gradients: list, variables: list) -> Any:
+        raise NotImplementedError
+
+    def after_apply(self, gradients: list, variables: list, before: Any, aggregated: bool):
+        raise NotImplementedError
+
+    def apply_wrapped(self, gradients: list, variables: list, apply_inner, aggregated: bool):
+        """Called by the adapter: ``before_apply``, the inner step, ``after_apply``."""
+        before = self.before_apply(gradients, variables)
+        apply_inner()
+        self.after_apply(gradients, variables, before, aggregated)
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.inner_optimizer.learning_rate = value
+
+    @property
+    def variables(self):
+        own = super().variables
+        return type(own)(list(own) + list(self.inner_optimizer.variables))
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+
+def _no_value(result: Any) -> tf.Tensor:
+    """Both branches of the guard's ``tf.cond`` return one boolean (the updates inside the true
+    branch run for their effect; control dependencies keep them)."""
+    with tf.control_dependencies([r for r in tf.nest.flatten(result) if r is not None]):
+        return tf.constant(True)
