@@ -5,35 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import make_inputs
+from references import full_ce_reference
 
 from tfsmooth.losses import catalog_cross_entropy
 
 N, C, D = 64, 500, 16
-
-
-def full_ce_reference(queries, items, labels, mask=None, temperature=1.0):
-    """Mean softmax cross-entropy over the valid rows and its gradients, in float64 numpy."""
-    q = np.asarray(queries, np.float64)
-    w = np.asarray(items, np.float64)
-    y = np.asarray(labels)
-    valid = np.ones(len(y), bool) if mask is None else np.asarray(mask, bool)
-    logits = q @ w.T / temperature
-    top = logits.max(axis=1, keepdims=True)
-    log_sum_exp = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-    losses = log_sum_exp - logits[np.arange(len(y)), np.where(valid, y, 0)]
-    count = max(valid.sum(), 1)
-    loss = losses[valid].sum() / count
-    softmax = np.exp(logits - log_sum_exp[:, None])
-    softmax[np.arange(len(y)), np.where(valid, y, 0)] -= 1.0
-    g = np.where(valid[:, None], softmax, 0.0) / count / temperature
-    return loss, g @ w, g.T @ q
-
-
-def make_inputs(rng, n=N, c=C, d=D, scale=1.0, dtype=np.float32):
-    queries = (rng.normal(size=(n, d)) * scale).astype(dtype)
-    items = (rng.normal(size=(c, d)) * 0.5).astype(dtype)
-    labels = rng.integers(0, c, size=n).astype(np.int32)
-    return queries, items, labels
 
 
 def loss_and_grads(fn, queries, items, labels, **kwargs):
@@ -208,10 +185,23 @@ def test_inside_xla_bad_labels_are_left_out_not_nan(rng):
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"chunk_size": 0}, ValueError, "`chunk_size` must be >= 1. Received: chunk_size=0"),
-        ({"chunk_size": 2.5}, TypeError, "`chunk_size` must be a positive integer"),
-        ({"temperature": 0.0}, ValueError, "`temperature` must be a finite number > 0"),
+        (
+            {"chunk_size": 0},
+            ValueError,
+            "`chunk_size` must be an integer >= 1. Received: chunk_size=0",
+        ),
+        ({"chunk_size": 2.5}, TypeError, "`chunk_size` must be an integer or None"),
+        ({"chunk_size": "8"}, TypeError, "Received: chunk_size='8'"),
+        ({"temperature": 0.0}, ValueError, "`temperature` must be > 0. Received: temperature=0.0"),
         ({"temperature": float("nan")}, ValueError, "Received: temperature=nan"),
+        ({"temperature": "1"}, TypeError, "`temperature` must be a number"),
+        # Below the smallest normal float32, 1 / temperature overflows: refused, not computed.
+        ({"temperature": 1e-45}, ValueError, "`temperature` must be representable in float32"),
+        (
+            {"temperature": 1e-39},
+            ValueError,
+            "representable in float32 .*Received: temperature=1e-39",
+        ),
     ],
 )
 def test_bad_options(rng, kwargs, error, message):
@@ -231,6 +221,8 @@ def test_bad_shapes_and_dtypes(rng):
     with pytest.raises(ValueError, match="`item_embeddings` must have shape \\[num_items, d\\]"):
         catalog_cross_entropy(queries, items[None], labels)
     with pytest.raises(TypeError, match="`labels` must be integer item indices"):
-        catalog_cross_entropy(queries, items, labels.astype(np.float32))
+        catalog_cross_entropy(queries, items, labels.astype(str))
+    with pytest.raises(TypeError, match="Received: labels=None"):
+        catalog_cross_entropy(queries, items, None)
     with pytest.raises(TypeError, match="floating-point `queries`"):
         catalog_cross_entropy(queries.astype(np.int32), items, labels)

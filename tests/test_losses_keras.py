@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import assert_config_roundtrip
-from test_losses_catalog import full_ce_reference, make_inputs
+from helpers import assert_config_roundtrip, make_inputs
+from references import full_ce_reference
 
 from tfsmooth._keras import IS_KERAS_3, keras
 from tfsmooth.losses import CatalogCrossEntropy, SampledSoftmaxCrossEntropy, ScalableCrossEntropy
@@ -102,7 +102,9 @@ def test_scalable_loss_drops_queries_no_bucket_chose(rng):
     )
     per_query = loss(labels, queries).numpy()
     assert 1 <= np.count_nonzero(per_query) <= 8
-    with pytest.raises(TypeError, match="must be None or an int"):
+    with pytest.raises(
+        TypeError, match=r"`seed` must be an integer or None\. Received: seed=\(1, 2\)"
+    ):
         ScalableCrossEntropy(seed=(1, 2))
 
 
@@ -168,6 +170,46 @@ def test_mirrored_strategy_step_equals_the_single_device_step(rng, mirrored_stra
     got = _one_sgd_step(replicated, loss, user_ids, item_ids)
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_mirrored_scalable_step_is_the_mean_of_per_replica_losses(rng, mirrored_strategy):
+    """What the README states for SCE under MirroredStrategy, exactly: each replica selects its
+    buckets from its own queries, so one step over 2 replicas equals one device's step on the mean
+    of the SCE of each half of the batch (the issue's settings) -- not on the SCE of the whole
+    batch, a different estimator (checked to differ, so this test can tell them apart)."""
+    user_ids, item_ids = interactions(rng, size=32)
+    options = dict(n_buckets=2, bucket_size_x=8, bucket_size_y=8, seed=1)
+
+    def reference_step(halves):
+        model = make_model(seed=4)
+        loss = ScalableCrossEntropy(model.item_embedding, **options)
+        variables = [model.user_embedding.embeddings, model.item_embedding.embeddings]
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                queries = model(user_ids)
+                if halves:  # the same op seed twice: both halves draw the same centres
+                    value = 0.5 * (
+                        loss(item_ids[:16], queries[:16]) + loss(item_ids[16:], queries[16:])
+                    )
+                else:
+                    value = loss(item_ids, queries)
+            for variable, grad in zip(variables, tape.gradient(value, variables)):
+                variable.assign_sub(tf.convert_to_tensor(grad))  # SGD(1.0)
+
+        step()
+        return [v.numpy() for v in variables]
+
+    with mirrored_strategy.scope():
+        replicated = make_model(seed=4)
+        loss = ScalableCrossEntropy(replicated.item_embedding, **options)
+    got = _one_sgd_step(replicated, loss, user_ids, item_ids)
+    halves = reference_step(halves=True)
+    for a, b in zip(got, halves):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    whole_batch = reference_step(halves=False)
+    assert np.max(np.abs(got[1] - whole_batch[1])) > 1e-3
 
 
 @pytest.mark.parametrize("which", ["scalable", "sampled"])

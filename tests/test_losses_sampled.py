@@ -5,22 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_losses_catalog import make_inputs
+from helpers import make_inputs
+from references import proposal_reference, sampled_softmax_reference
 
 from tfsmooth.losses import sampled_softmax_cross_entropy
 from tfsmooth.losses.sampled_softmax import draw_candidates
 
 N, C, D, S = 64, 500, 16, 50
 SEED = (5, 6)
-
-
-def proposal(sampling, c):
-    if isinstance(sampling, str) and sampling == "uniform":
-        return np.full(c, 1.0 / c)
-    if isinstance(sampling, str):
-        k = np.arange(c)
-        return np.log((k + 2) / (k + 1)) / np.log(c + 1)
-    return np.asarray(sampling, np.float64) / np.sum(sampling)
 
 
 def sampling_options(rng):
@@ -33,7 +25,7 @@ def test_equals_tf_nn_sampled_softmax_loss_on_the_same_samples(rng, which):
     sampling = sampling_options(rng)[which]
     weights = sampling if isinstance(sampling, str) else sampling / sampling.sum()
     ids, _ = draw_candidates(weights if not isinstance(sampling, str) else sampling, C, S, SEED)
-    q = proposal(sampling, C)
+    q = proposal_reference(sampling, C)
     expected = tf.nn.sampled_softmax_loss(
         weights=items,
         biases=tf.zeros([C]),
@@ -77,13 +69,13 @@ def test_without_log_q_and_hits_matches_numpy(rng):
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])
-def test_sampler_draws_from_the_proposal(rng, which):
+def test_sampler_draws_from_the_proposal_reference(rng, which):
     c = 20
     sampling = ["uniform", "log_uniform", np.arange(c, dtype=np.float64) + 1.0][which]
     weights = sampling if isinstance(sampling, str) else sampling / sampling.sum()
     ids, log_probability = draw_candidates(weights, c, 200_000, (1, 2))
     frequencies = np.bincount(ids.numpy(), minlength=c) / 200_000
-    expected = proposal(sampling, c)
+    expected = proposal_reference(sampling, c)
     np.testing.assert_allclose(frequencies, expected, atol=4e-3)
     np.testing.assert_allclose(np.exp(log_probability(tf.range(c))), expected, rtol=1e-9)
 
@@ -99,15 +91,10 @@ def test_gradients_are_sparse_and_right(rng):
     ids = draw_candidates("log_uniform", C, S, SEED)[0].numpy()
     assert set(grad_w.indices.numpy().tolist()) <= set(ids.tolist()) | set(labels.tolist())
     # Directional derivative of the numpy formula with the same samples.
-    p = proposal("log_uniform", C)
+    p = proposal_reference("log_uniform", C)
 
     def reference(qq, ww):
-        pos = np.sum(qq * ww[labels], 1) - np.log(S * p[labels])
-        neg = qq @ ww[ids].T - np.log(S * p[ids])[None]
-        neg = np.where(labels[:, None] == ids[None], -np.inf, neg)
-        logits = np.concatenate([pos[:, None], neg], 1)
-        top = logits.max(1, keepdims=True)
-        return np.mean(top[:, 0] + np.log(np.exp(logits - top).sum(1)) - pos)
+        return sampled_softmax_reference(qq, ww, labels, ids, p)
 
     np.testing.assert_allclose(float(loss), reference(queries, items), rtol=1e-10)
     dq, dw = rng.normal(size=queries.shape), rng.normal(size=items.shape)
@@ -145,13 +132,19 @@ def test_a_label_the_proposal_never_draws_is_finite(rng):
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"num_sampled": 0}, ValueError, "`num_sampled` must be >= 1. Received: num_sampled=0"),
+        (
+            {"num_sampled": 0},
+            ValueError,
+            "`num_sampled` must be an integer >= 1. Received: num_sampled=0",
+        ),
+        ({"num_sampled": 2.0}, TypeError, "`num_sampled` must be an integer"),
         ({"sampling": "zipf"}, ValueError, "`sampling` must be one of"),
         ({"sampling": np.ones((2, 2))}, ValueError, "must be a non-empty 1-D array"),
         ({"sampling": -np.ones(C)}, ValueError, "must be finite, >= 0 and not all 0"),
         ({"sampling": np.ones(C + 1)}, ValueError, "one entry per item. Received: 501 weights"),
         ({"log_q_correction": "yes"}, TypeError, "`log_q_correction` must be True or False"),
         ({"seed": 1.5}, TypeError, "`seed` must be None, an int"),
+        ({"seed": -1}, ValueError, "`seed` must be an integer >= 0.*Received: seed=-1"),
     ],
 )
 def test_bad_options(rng, kwargs, error, message):

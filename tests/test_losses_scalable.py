@@ -13,64 +13,13 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_losses_catalog import full_ce_reference, make_inputs
+from helpers import make_inputs
+from references import SCE_SEED, full_ce_reference, sce_reference
 
 from tfsmooth.losses import scalable_cross_entropy
 
 N, C, D = 64, 500, 16
-SEED = (3, 4)
-
-
-def centres_for(queries, mask, n_buckets, mix_x, seed=SEED):
-    n, d = queries.shape
-    if not mix_x:
-        return (
-            tf.random.stateless_normal([n_buckets, d], seed=seed, alg="philox")
-            .numpy()
-            .astype(np.float64)
-        )
-    omega = (
-        tf.random.stateless_normal([n, n_buckets], seed=seed, alg="philox")
-        .numpy()
-        .astype(np.float64)
-    )
-    kept = np.where(mask[:, None], queries, 0.0)
-    return omega.T @ kept
-
-
-def sce_reference(
-    queries, items, labels, *, n_buckets=None, bucket_size_x=None, bucket_size_y=256, mask=None,
-    mix_x=False, seed=SEED, positions=None,
-):  # fmt: skip
-    """Returns (loss, selection). Defaults as documented: floor(2 sqrt(valid)) of floor(2 sqrt(N))."""
-    q = np.asarray(queries, np.float64)
-    w = np.asarray(items, np.float64)
-    y = np.asarray(labels)
-    n = len(y)
-    valid = np.ones(n, bool) if mask is None else np.asarray(mask, bool)
-    cap = max(math.floor(2 * math.sqrt(n)), 1)
-    active = max(math.floor(2 * math.sqrt(valid.sum())), 1)
-    drawn = cap if n_buckets is None else n_buckets
-    used = active if n_buckets is None else n_buckets
-    size_x = min(active if bucket_size_x is None else bucket_size_x, n)
-    size_y = min(bucket_size_y, len(w))
-    centres = centres_for(q, valid, drawn, mix_x, seed)[:used]
-    best = np.full(n, -np.inf)
-    x_sets, y_sets = [], []
-    for centre in centres:
-        x_scores = np.where(valid, q @ centre, -np.inf)
-        chosen_x = [i for i in np.argsort(-x_scores, kind="stable")[:size_x] if valid[i]]
-        chosen_y = np.argsort(-(w @ centre), kind="stable")[:size_y]
-        x_sets.append(chosen_x)
-        y_sets.append(set(chosen_y.tolist()))
-        for i in chosen_x:
-            negatives = [j for j in chosen_y if j != y[i]]
-            logits = np.concatenate([q[i] @ w[negatives].T, [q[i] @ w[y[i]]]])
-            top = logits.max()
-            loss = top + np.log(np.exp(logits - top).sum()) - logits[-1]
-            best[i] = max(best[i], loss)
-    counted = np.isfinite(best)
-    return best[counted].mean() if counted.any() else 0.0, (x_sets, y_sets, counted)
+SEED = SCE_SEED  # the reference's default seed
 
 
 def test_default_sizes_match_the_reference(rng):
@@ -267,10 +216,15 @@ def test_bad_labels(rng):
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"n_buckets": 0}, ValueError, "`n_buckets` must be >= 1. Received: n_buckets=0"),
+        (
+            {"n_buckets": 0},
+            ValueError,
+            "`n_buckets` must be an integer >= 1. Received: n_buckets=0",
+        ),
         ({"bucket_size_x": -3}, ValueError, "Received: bucket_size_x=-3"),
-        ({"bucket_size_y": 2.0}, TypeError, "`bucket_size_y` must be a positive integer"),
+        ({"bucket_size_y": 2.0}, TypeError, "`bucket_size_y` must be an integer"),
         ({"bucket_size_y": None}, TypeError, "Received: bucket_size_y=None"),
+        ({"seed": -1}, ValueError, "`seed` must be an integer >= 0.*Received: seed=-1"),
         ({"mix_x": 1}, TypeError, "`mix_x` must be True or False. Received: mix_x=1"),
         ({"seed": "a"}, TypeError, "`seed` must be None, an int"),
         ({"seed": (1, 2, 3)}, TypeError, "`seed` must be None, an int"),

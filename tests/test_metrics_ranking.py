@@ -7,22 +7,12 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
+from references import nan_rule_reference, reference_ranks
 
-from tfsmooth.metrics.ranking import catalog_rank, catalog_ranking_metrics
+# The public names (tfsmooth.metrics exports them).
+from tfsmooth.metrics import catalog_rank, catalog_ranking_metrics, hit_rate_and_ndcg
 
 B, C, D = 48, 300, 8
-
-
-def reference_ranks(queries, items, labels, exclude=None):
-    scores = queries.astype(np.float64) @ items.T.astype(np.float64)
-    ranks = []
-    for i, label in enumerate(labels):
-        skip = {label}
-        if exclude is not None:
-            skip |= {int(e) for e in exclude[i] if 0 <= e < len(items)}
-        others = [j for j in range(len(items)) if j not in skip]
-        ranks.append(int(np.sum(scores[i, others] >= scores[i, label])))
-    return np.asarray(ranks)
 
 
 def inputs(rng):
@@ -87,3 +77,63 @@ def test_bad_arguments(rng):
         catalog_ranking_metrics(queries, items, labels, k=0)
     with pytest.raises(ValueError, match="`chunk_size` must be an integer >= 1"):
         catalog_rank(queries, items, labels, chunk_size=0)
+    with pytest.raises(TypeError, match="`chunk_size` must be an integer"):
+        catalog_rank(queries, items, labels, chunk_size=8.0)
+    with pytest.raises(TypeError, match="`k` must be an integer"):
+        catalog_ranking_metrics(queries, items, labels, k=np.float32(10))
+
+
+def test_unclear_errors_now_name_the_argument(rng):
+    queries, items, labels = inputs(rng)
+    with pytest.raises(ValueError, match=r"same last dimension d.*queries.shape=\(48, 8\)"):
+        catalog_rank(queries, items[:, :5], labels)
+    with pytest.raises(TypeError, match="Received: labels=None"):
+        catalog_rank(queries, items, None)
+    with pytest.raises(ValueError, match=r"`labels` must have shape \[B\]"):
+        catalog_rank(queries, items, labels[:5])
+    broken = labels.astype(np.float32)
+    broken[1] = 2.7
+    with pytest.raises(ValueError, match=r"`labels` must be integer.*2\.7"):
+        catalog_rank(queries, items, broken)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="float labels are accepted only"):
+        tf.function(catalog_rank)(queries, items, tf.constant(broken))
+    outside = labels.copy()
+    outside[2] = C
+    # The range check runs before any gather of a label, so its message is the one raised.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`labels` must be item indices"):
+        tf.function(catalog_rank)(queries, items, tf.constant(outside))
+    # Whole-valued floats (as Keras hands labels over) rank like integers; numpy scalars pass.
+    np.testing.assert_array_equal(
+        catalog_rank(queries, items, labels.astype(np.float32), chunk_size=np.int64(64)),
+        reference_ranks(queries, items, labels),
+    )
+
+
+@pytest.mark.parametrize("chunk_size", [7, 8192])
+def test_nan_scores_never_rank_first_and_nan_targets_are_misses(rng, chunk_size):
+    """The issue: NaN queries got HR@k = NDCG@k = 1. Checked with k = C: everything else hits."""
+    queries, items, labels = inputs(rng)
+    queries[:5] = np.nan  # whole queries NaN
+    queries[5, 2] = np.nan
+    items[labels[10]] = np.nan  # the true item of query 10 is NaN for every query
+    items[[3, 4, 100]] = np.nan  # other NaN rows: never ahead of a finite score
+    exclude = rng.integers(-1, C, size=(B, 6)).astype(np.int32)
+    for k in (10, C):
+        for excluded in (None, exclude):
+            metrics = catalog_ranking_metrics(
+                queries, items, labels, k=k, exclude=excluded, chunk_size=chunk_size
+            )
+            ranks, hit, ndcg = nan_rule_reference(queries, items, labels, k, excluded)
+            np.testing.assert_array_equal(metrics["rank"], ranks)
+            np.testing.assert_array_equal(metrics["hit_rate"], hit)
+            np.testing.assert_allclose(metrics["ndcg"], ndcg, rtol=1e-6)
+    nan_target = np.isnan(np.einsum("bd,bd->b", queries, items[labels]))
+    assert nan_target[:6].all() and nan_target[10]
+    assert np.all(metrics["hit_rate"].numpy()[nan_target] == 0)
+    assert np.all(metrics["hit_rate"].numpy()[~nan_target] == 1)  # k = C
+
+
+def test_hit_rate_and_ndcg_of_ranks():
+    hit, ndcg = hit_rate_and_ndcg(np.array([0, 3, 9, 10, 20], np.int32), 10, num_items=20)
+    np.testing.assert_array_equal(hit, [1, 1, 1, 0, 0])
+    np.testing.assert_allclose(ndcg, [1.0, 1 / np.log2(5), 1 / np.log2(11), 0, 0], rtol=1e-6)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import assert_config_roundtrip, export_saved_model, serve_in_clean_process
-from test_losses_catalog import full_ce_reference
+from references import full_ce_reference
 
-from tfsmooth._keras import IS_KERAS_3, keras
+from tfsmooth._keras import keras
 from tfsmooth.data import build_sequences, synthetic_ratings
 from tfsmooth.losses import CatalogCrossEntropy, ScalableCrossEntropy
 from tfsmooth.models import SASRec
@@ -155,10 +155,64 @@ def test_bad_arguments(splits):
         SASRec(10, loss="softmax")
     with pytest.raises(ValueError, match="`embedding_dim` must be divisible by `num_heads`"):
         SASRec(10, embedding_dim=10, num_heads=3)
-    with pytest.raises(ValueError, match=re.escape("`dropout_rate` must be in [0, 1)")):
+    with pytest.raises(ValueError, match=re.escape("`dropout_rate` must be >= 0 and < 1")):
         SASRec(10, dropout_rate=1.0)
+    with pytest.raises(TypeError, match=re.escape("Received: dropout_rate='0.1'")):
+        SASRec(10, dropout_rate="0.1")
     with pytest.raises(ValueError, match=re.escape("`num_items` must be an integer >= 1")):
         SASRec(0)
     with pytest.raises(ValueError, match="SASRec trains with its own catalog loss"):
         SASRec(10).compile("adam", loss="mse")
-    assert IS_KERAS_3 in (True, False)
+    # The boundaries just inside the checks are accepted as given (numpy integers too).
+    edge = SASRec(np.int64(1), embedding_dim=12, num_heads=3, dropout_rate=0.0).get_config()
+    assert (edge["num_items"], edge["embedding_dim"], edge["num_heads"]) == (1, 12, 3)
+    assert edge["dropout_rate"] == 0.0
+
+
+def test_unclear_errors_now_name_the_argument(splits):
+    model = small_model(splits.num_items)
+    inputs, labels = splits.test_inputs[:4], splits.test_labels[:4]
+    with pytest.raises(ValueError, match=rf"`k` must be an integer >= 1 and <= {splits.num_items}"):
+        model.recommend(inputs, k=splits.num_items + 1)
+    with pytest.raises(TypeError, match="`exclude_history` must be True or False"):
+        model.recommend(inputs, exclude_history=1)
+    with pytest.raises(
+        ValueError, match=re.escape("`batch_size` must be an integer >= 1. Received: batch")
+    ):
+        model.evaluate_ranking(inputs, labels, batch_size=0)
+    with pytest.raises(ValueError, match=r"`inputs` must be a non-empty batch.*shape=\(0, 12\)"):
+        model.evaluate_ranking(inputs[:0], labels[:0])
+    with pytest.raises(ValueError, match="`labels` must hold one next item per sequence"):
+        model.evaluate_ranking(inputs, labels[:2])
+    with pytest.raises(ValueError, match=r"`labels` must be items in \[1, num_items="):
+        model.evaluate_ranking(inputs, np.zeros(4, np.int32))
+    with pytest.raises(ValueError, match=r"`labels` must be integer.*2\.5"):
+        model.evaluate_ranking(inputs, np.full(4, 2.5))
+    longer = np.ones((2, L + 3), np.int32)
+    with pytest.raises(ValueError, match=rf"`inputs` must be at most max_length={L} items long"):
+        model(longer)
+    with pytest.raises(ValueError, match=rf"`inputs` must be at most max_length={L}"):
+        model.evaluate_ranking(longer, np.ones(2, np.int32))
+    with pytest.raises(ValueError, match=rf"`inputs` must be at most max_length={L}"):
+        model.recommend(longer)
+    # Whole-valued float labels (as data pipelines hand them over) rank like integers.
+    as_int = model.evaluate_ranking(inputs, labels)["per_user"]["ndcg"]
+    as_float = model.evaluate_ranking(inputs, labels.astype(np.float32))["per_user"]["ndcg"]
+    np.testing.assert_array_equal(as_float, as_int)
+
+
+def test_a_nan_item_table_scores_no_hit(splits):
+    """The issue: evaluate_ranking gave HR = NDCG = 1 once the item table went NaN."""
+    model = small_model(splits.num_items)
+    inputs, labels = splits.test_inputs[:16], splits.test_labels[:16]
+    assert model.evaluate_ranking(inputs, labels, k=splits.num_items)["hit_rate"] == 1.0
+    model.item_embeddings.assign(np.full(model.item_embeddings.shape, np.nan, np.float32))
+    result = model.evaluate_ranking(inputs, labels, k=splits.num_items)
+    assert result["hit_rate"] == 0.0 and result["ndcg"] == 0.0
+    # One NaN row: never recommended above an item with a finite score.
+    model = small_model(splits.num_items)
+    table = model.item_embeddings.numpy()
+    table[3] = np.nan
+    model.item_embeddings.assign(table)
+    items, scores = model.recommend(inputs, k=5, exclude_history=False)
+    assert not np.any(items.numpy() == 3) and np.all(np.isfinite(scores.numpy()))

@@ -10,8 +10,7 @@ import pytest
 import tensorflow as tf
 from conftest import requires_tfrs
 from helpers import assert_config_roundtrip
-from test_losses_catalog import full_ce_reference
-from test_metrics_ranking import reference_ranks
+from references import full_ce_reference, reference_ranks
 
 from tfsmooth._keras import IS_KERAS_3, keras
 from tfsmooth.losses import CatalogCrossEntropy, ScalableCrossEntropy
@@ -21,12 +20,21 @@ USERS, ITEMS, D = 60, 200, 8
 
 def test_module_imports_everywhere_and_explains_what_is_missing():
     tasks = importlib.import_module("tfsmooth.tasks")
-    assert "CatalogRetrieval" in dir(tasks)
     if IS_KERAS_3:
         with pytest.raises(
             ImportError, match=re.escape('needs tf-keras: pip install "tfsmooth[tfrs]"')
         ):
             tasks.CatalogRetrieval  # noqa: B018
+    else:
+        tfrs = pytest.importorskip("tensorflow_recommenders")
+        assert issubclass(tasks.CatalogRetrieval, tfrs.tasks.Task)
+        from tfsmooth.tasks import CatalogRetrieval
+
+        assert CatalogRetrieval is tasks.CatalogRetrieval
+        # Defined at module level (not inside a function): reachable by its module and name.
+        assert CatalogRetrieval.__qualname__ == "CatalogRetrieval"
+        module = importlib.import_module(CatalogRetrieval.__module__)
+        assert module.CatalogRetrieval is CatalogRetrieval
     with pytest.raises(AttributeError):
         tasks.NotAThing  # noqa: B018
 
@@ -156,3 +164,48 @@ def test_config_round_trips_whole_and_bad_arguments():
         CatalogRetrieval(items, loss="softmax")
     with pytest.raises(ValueError, match="`top_k` must hold integers >= 1"):
         CatalogRetrieval(items, top_k=[0])
+
+
+@requires_tfrs
+def test_arguments_numpy_scalars_and_labels():
+    from tfsmooth.tasks import CatalogRetrieval
+
+    items = keras.layers.Embedding(ITEMS, D)
+    items.build((None,))
+    task = CatalogRetrieval(
+        items, loss="catalog", top_k=np.int64(5), metric_chunk_size=np.int64(64)
+    )
+    assert task.top_k == [5] and task.get_config()["metric_chunk_size"] == 64
+    assert CatalogRetrieval(items, top_k=[np.int32(3), 10]).top_k == [3, 10]
+    with pytest.raises(ValueError, match=re.escape("Received: metric_chunk_size=0")):
+        CatalogRetrieval(items, metric_chunk_size=0)
+    with pytest.raises(TypeError, match="`top_k` must hold integers"):
+        CatalogRetrieval(items, top_k=[2.5])
+    with pytest.raises(TypeError, match="`top_k` must be an int or a list"):
+        CatalogRetrieval(items, top_k="10")
+    data = interactions()
+    queries = tf.constant(np.random.default_rng(2).normal(size=(16, D)).astype(np.float32))
+    labels = data["item"][:16]
+    as_int = float(task(queries, labels))
+    np.testing.assert_allclose(float(task(queries, labels.astype(np.float32))), as_int, rtol=1e-6)
+    broken = labels.astype(np.float32)
+    broken[0] = 2.7
+    with pytest.raises(ValueError, match=r"`labels` must be integer.*2\.7"):
+        task(queries, broken)
+
+
+@requires_tfrs
+def test_nan_queries_are_misses_not_hits():
+    """The issue: NaN query embeddings scored HR = NDCG = 1 in CatalogRetrieval's metrics."""
+    from tfsmooth.tasks import CatalogRetrieval
+
+    items = keras.layers.Embedding(ITEMS, D)
+    items.build((None,))
+    task = CatalogRetrieval(items, loss="catalog", top_k=[ITEMS])
+    queries = np.random.default_rng(3).normal(size=(8, D)).astype(np.float32)
+    queries[:4] = np.nan
+    loss = task(tf.constant(queries), interactions()["item"][:8])
+    assert np.isnan(float(loss))
+    # k = every item: the 4 finite queries hit, the 4 NaN ones miss.
+    assert float(task.ranking_metrics[f"hit_rate_at_{ITEMS}"].result()) == 0.5
+    assert float(task.ranking_metrics[f"ndcg_at_{ITEMS}"].result()) < 0.5

@@ -13,7 +13,10 @@ the queries no bucket chose). :class:`CatalogLoss` adds them and keeps both Kera
   (``sum(w l) / sum(w)``), ``"sum"`` the weighted sum, ``"none"`` the per-query losses (0 where a
   query does not count) in the shape of the labels. Under a ``tf.distribute`` strategy a Keras 3 mean
   is divided by the number of replicas, as every Keras 3 loss does; tf-keras leaves that to the caller
-  (its ``compile`` machinery), as every tf-keras loss does.
+  (its ``compile`` machinery), as every tf-keras loss does (``_keras.scale_for_replicas``).
+  :meth:`CatalogLoss.unscaled` is the mean without that division, for models that scale themselves.
+- ``y_true`` may be floating (tf-keras ``fit`` hands labels over as float32) when its values are
+  whole numbers; a non-integral label raises a ``ValueError`` naming ``y_true``, never truncated.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfsmooth._keras import IS_KERAS_3, keras
+from tfsmooth._keras import keras, scale_for_replicas
+from tfsmooth._validation import check_choice
+from tfsmooth.losses import _utils
 
 REDUCTIONS = ("sum_over_batch_size", "sum", "none")
 
@@ -63,16 +68,25 @@ def _weights_like(sample_weight: Any, labels: tf.Tensor) -> tf.Tensor:
     if not weights.dtype.is_floating:
         weights = tf.cast(weights, tf.float32)
     rank = labels.shape.rank
+    shape_error = ValueError(
+        "`sample_weight` must broadcast against the labels (one weight per query, or a scalar). "
+        f"Received: sample_weight.shape={weights.shape}, labels.shape={labels.shape}"
+    )
     if weights.shape.rank is not None and rank is not None:
         if weights.shape.rank == rank + 1 and weights.shape[-1] == 1:
             weights = tf.squeeze(weights, -1)
         if weights.shape.rank > rank:
-            raise ValueError(
-                "`sample_weight` must broadcast against the labels. "
-                f"Received: sample_weight.shape={weights.shape}, labels.shape={labels.shape}"
-            )
+            raise shape_error
         for _ in range(rank - weights.shape.rank):
             weights = tf.expand_dims(weights, -1)
+        try:
+            fits = tf.broadcast_static_shape(weights.shape, labels.shape).is_compatible_with(
+                labels.shape
+            )
+        except ValueError:
+            fits = False
+        if not fits:
+            raise shape_error
     return tf.broadcast_to(weights, tf.shape(labels))
 
 
@@ -86,10 +100,7 @@ class CatalogLoss(keras.losses.Loss):
         reduction: str = "sum_over_batch_size",
         name: str | None = None,
     ):
-        if reduction not in REDUCTIONS:
-            raise ValueError(
-                f"`reduction` must be one of {REDUCTIONS}. Received: reduction={reduction!r}"
-            )
+        check_choice("reduction", reduction, REDUCTIONS)
         super().__init__(name=name, reduction=reduction)
         self.item_embeddings = item_embeddings
 
@@ -115,6 +126,26 @@ class CatalogLoss(keras.losses.Loss):
             item_embeddings: the item table for this call, overriding the bound one.
             mask: optional boolean mask of the labels' shape; False removes a query.
         """
+        loss = self.unscaled(
+            y_true, y_pred, sample_weight, item_embeddings=item_embeddings, mask=mask
+        )
+        if self.reduction == "sum_over_batch_size":
+            loss = scale_for_replicas(loss)
+        return loss
+
+    def unscaled(
+        self,
+        y_true: Any,
+        y_pred: Any,
+        sample_weight: Any = None,
+        *,
+        item_embeddings: Any = None,
+        mask: Any = None,
+    ) -> tf.Tensor:
+        """As ``__call__``, without dividing a mean by the number of replicas in either flavour.
+
+        For models that compute their own loss (``compute_loss``) and scale it themselves.
+        """
         labels, weighted, weights = self._weighted_losses(
             y_true, y_pred, sample_weight, item_embeddings, mask
         )
@@ -123,12 +154,7 @@ class CatalogLoss(keras.losses.Loss):
         total = tf.reduce_sum(weighted)
         if self.reduction == "sum":
             return total
-        loss = tf.math.divide_no_nan(total, tf.reduce_sum(weights))
-        if IS_KERAS_3:
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            if replicas > 1:
-                loss = loss * (1.0 / replicas)
-        return loss
+        return tf.math.divide_no_nan(total, tf.reduce_sum(weights))
 
     def call(self, y_true, y_pred):
         """Per-query losses in the labels' shape (0 where a query does not count)."""
@@ -139,7 +165,9 @@ class CatalogLoss(keras.losses.Loss):
         table = resolve_item_embeddings(
             item_embeddings if item_embeddings is not None else self.item_embeddings
         )
-        labels = tf.convert_to_tensor(y_true)
+        labels = _utils.integer_labels(y_true, "y_true")
+        if y_pred is None:
+            raise TypeError("`y_pred` must be the queries [..., d]. Received: y_pred=None")
         queries = tf.convert_to_tensor(y_pred)
         if (
             labels.shape.rank is not None
@@ -148,10 +176,6 @@ class CatalogLoss(keras.losses.Loss):
             and labels.shape[-1] == 1
         ):
             labels = tf.squeeze(labels, -1)
-        if (
-            labels.dtype.is_floating
-        ):  # tf-keras may hand float labels over; ids are exact below 2^24
-            labels = tf.cast(labels, tf.int64)
         weights = None
         keep = mask
         if sample_weight is not None:

@@ -1,4 +1,4 @@
-"""Helpers shared by the catalog losses: validation, flattening, dtypes, seeds, chunked top-k.
+"""Helpers shared by the catalog losses: validation, labels, flattening, dtypes, seeds, NaN rule.
 
 Nothing here is public. The losses take queries ``[..., d]``, an item table ``[C, d]`` and integer
 labels ``[...]``; :func:`prepare` checks them (statically where shapes are known, on values where they
@@ -9,61 +9,41 @@ Labels are checked three ways, depending on where the loss runs:
 - eagerly: the values are at hand, so an out-of-range label raises ``ValueError`` naming it;
 - inside a ``tf.function``: a ``tf.debugging`` assertion raises ``InvalidArgumentError`` with the same
   message when the graph runs;
-- inside XLA-compiled code (``jit_compile=True``, Keras 3 ``fit``), where TensorFlow drops assertions:
-  an out-of-range label is treated as a masked position -- it is left out of the loss and gets no
-  gradient. It can never index outside the table nor make the loss NaN.
+- inside XLA-compiled code (``jit_compile=True``; Keras 3 ``fit`` on a GPU), where TensorFlow drops
+  assertions: an out-of-range label is treated as a masked position -- it is left out of the loss and
+  gets no gradient. It can never index outside the table nor make the loss NaN.
+
+Float labels (tf-keras ``fit`` hands integer labels over as float32) are accepted when every value is
+a whole number; a non-integral one raises the same three ways (:func:`integer_labels`), never
+truncated. Queries and item rows that are NaN or infinite make the loss of the queries that read them
+NaN (:func:`poison_nonfinite`), so a loss is never finite while its gradients are not.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-_HALF_TYPES = (tf.float16, tf.bfloat16)
+from tfsmooth import _validation
+from tfsmooth._validation import is_integer
+from tfsmooth.ops.chunks import row_block, split_chunks
+from tfsmooth.ops.dtypes import compute_dtype
+from tfsmooth.ops.top_k import running_top_k
 
+# The chunk loops, the running top-k and the compute dtype live in tfsmooth.ops; the losses use
+# them from here.
+__all__ = ["compute_dtype", "row_block", "running_top_k", "split_chunks"]
 
 # ----------------------------------------------------------------------------------------------------
-# Argument validation.
-
-
-def check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
-    """Returns ``value`` as an ``int >= 1`` (or None when allowed); raises naming the argument."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    if value < 1:
-        raise ValueError(f"`{name}` must be >= 1. Received: {name}={value!r}")
-    return int(value)
-
-
-def check_positive_float(name: str, value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"`{name}` must be a finite number > 0. Received: {name}={value!r}")
-    return float(value)
-
-
-def check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
-    return bool(value)
+# Argument validation (the scalar checks live in tfsmooth._validation).
 
 
 def check_seed(value: Any) -> int | tf.Tensor | None:
-    """``None``, a Python int (an op-level seed) or a pair of ints (a stateless seed, ``[2]``)."""
-    if value is None:
-        return None
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
+    """``None``, an int ``>= 0`` (an op-level seed) or a pair of ints (a stateless seed, ``[2]``)."""
+    if value is None or is_integer(value):
+        return _validation.check_seed("seed", value)
     if isinstance(value, (tuple, list, np.ndarray, tf.Tensor, tf.Variable)):
         seed = tf.convert_to_tensor(value)
         if seed.dtype.is_integer and seed.shape.rank == 1 and seed.shape[0] == 2:
@@ -75,9 +55,45 @@ def check_seed(value: Any) -> int | tf.Tensor | None:
     )
 
 
-def compute_dtype(dtype: tf.DType) -> tf.DType:
-    """float16/bfloat16 are computed in float32; float32/float64 in themselves."""
-    return tf.float32 if dtype in _HALF_TYPES else dtype
+def integer_labels(labels: Any, name: str = "labels") -> tf.Tensor:
+    """``labels`` as an integer tensor; floating labels only if every value is a whole number.
+
+    tf-keras ``fit`` hands integer labels over as float32, so floats cannot be refused outright;
+    truncating 2.7 to 2 would be a silent error. A non-integral (or non-finite) float label raises
+    ``ValueError`` naming ``name`` eagerly, fails a ``tf.debugging`` assertion with the same message
+    inside a ``tf.function``, and inside XLA (which drops assertions) becomes ``-1``, an
+    out-of-range label: left out of the loss, as the module docs say.
+    """
+    if labels is None:
+        raise TypeError(f"`{name}` must be integer item indices. Received: {name}=None")
+    try:
+        labels = tf.convert_to_tensor(labels)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"`{name}` must be integer item indices. Received: {name}={labels!r}"
+        ) from error
+    if labels.dtype.is_integer:
+        return labels
+    if not labels.dtype.is_floating:
+        raise TypeError(
+            f"`{name}` must be integer item indices. Received: {name}.dtype={labels.dtype.name}"
+        )
+    whole = tf.logical_and(tf.math.is_finite(labels), tf.equal(labels, tf.math.floor(labels)))
+    message = (
+        f"`{name}` must be integer item indices; float {name} are accepted only with whole values "
+        f"(as Keras hands them over), never truncated. Received: {name} containing"
+    )
+    if tf.executing_eagerly():
+        bad = labels.numpy()[~whole.numpy()]
+        if bad.size:
+            raise ValueError(f"{message} {bad.ravel()[0]!r}")
+    else:
+        # Everything downstream waits for the check, so no gather of a bad label can fail first.
+        check = tf.debugging.Assert(tf.reduce_all(whole), [message, labels], summarize=5)
+        with tf.control_dependencies([check]):
+            labels = tf.identity(labels)
+    safe = tf.where(whole, labels, tf.constant(-1, labels.dtype))
+    return tf.cast(safe, tf.int64)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -108,18 +124,17 @@ def prepare(
     ``valid`` is the mask (all True without one) and-ed with the in-range test of the labels;
     ``safe_labels`` has out-of-range or masked labels replaced by 0 so they can be gathered.
     """
+    for name, value in (("queries", queries), ("item_embeddings", item_embeddings)):
+        if value is None:
+            raise TypeError(f"`{caller}` needs floating-point `{name}`. Received: {name}=None")
     queries = tf.convert_to_tensor(queries)
     item_embeddings = tf.convert_to_tensor(item_embeddings)
-    labels = tf.convert_to_tensor(labels)
+    labels = integer_labels(labels)
     for name, tensor in (("queries", queries), ("item_embeddings", item_embeddings)):
         if not tensor.dtype.is_floating:
             raise TypeError(
                 f"`{caller}` needs floating-point `{name}`. Received: {name}.dtype={tensor.dtype.name}"
             )
-    if not labels.dtype.is_integer:
-        raise TypeError(
-            f"`labels` must be integer item indices. Received: labels.dtype={labels.dtype.name}"
-        )
     if queries.shape.rank is not None and queries.shape.rank < 2:
         raise ValueError(
             f"`queries` must have shape [..., d] (at least 2-D). Received: queries.shape={queries.shape}"
@@ -186,83 +201,25 @@ def _check_label_values(labels, valid, static_items, num_items) -> None:
     tf.debugging.assert_less(checked, num_items, message=message, summarize=5)
 
 
+def finite_rows(tensor: tf.Tensor) -> tf.Tensor:
+    """``[R]`` bool: whether every entry of each row of ``tensor [R, d]`` is finite."""
+    return tf.reduce_all(tf.math.is_finite(tensor), axis=1)
+
+
+def poison_nonfinite(losses: tf.Tensor, valid: tf.Tensor, finite: tf.Tensor) -> tf.Tensor:
+    """``losses`` with NaN at the valid queries whose inputs are not all ``finite``.
+
+    The catalog losses' rule for NaN/Inf: a query that counts and reads a non-finite value (its own
+    embedding, or an item row the loss reads) has a NaN loss, whatever the arithmetic would have made
+    of it (an item row of -inf can give a finite loss with NaN gradients). The NaN is a constant:
+    it adds nothing to the gradients, which are those of the arithmetic.
+    """
+    bad = tf.logical_and(valid, tf.logical_not(finite))
+    return tf.where(bad, tf.constant(np.nan, losses.dtype), losses)
+
+
 def masked_mean(values: tf.Tensor, counted: tf.Tensor) -> tf.Tensor:
     """Mean of ``values`` where ``counted``; 0 (not NaN) when nothing counts."""
     counted_f = tf.cast(counted, values.dtype)
     total = tf.reduce_sum(tf.where(counted, values, tf.zeros_like(values)))
     return total / tf.maximum(tf.reduce_sum(counted_f), 1.0)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Chunk loops over a long axis with static chunk shapes.
-#
-# ``R`` rows are visited as ``R // c`` full chunks of exactly ``c`` rows inside a while loop, then one
-# tail block of ``R % c`` rows (possibly empty). Every slice has a static shape -- XLA needs that --
-# and no chunk overlaps another, so nothing has to be masked.
-
-
-def split_chunks(rows: tf.Tensor, chunk: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """``(size, steps, tail)``: ``steps`` chunks of ``size <= chunk`` rows and ``tail < steps`` rows.
-
-    The rows are split as evenly as chunks of at most ``chunk`` allow, so the tail block (which XLA
-    gives a buffer of its own) stays tiny instead of being up to a whole chunk.
-    """
-    rows = tf.maximum(rows, 1)
-    pieces = (rows + chunk - 1) // chunk
-    size = rows // pieces
-    steps = rows // size
-    return size, steps, rows - steps * size
-
-
-def row_block(rows: tf.Tensor, start: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """``rows[start:start + size]`` with explicit sizes: a size of -1 would make XLA pad the operand
-    to twice its size to keep a dynamic slice in bounds (a full copy of an item table)."""
-    return tf.slice(rows, tf.stack([start, 0]), tf.stack([size, tf.shape(rows)[1]]))
-
-
-def running_top_k(
-    centres: tf.Tensor,
-    rows: tf.Tensor,
-    k: tf.Tensor,
-    chunk: int,
-    row_valid: tf.Tensor | None = None,
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Top ``k`` rows by inner product with each centre, scanning ``rows`` chunk by chunk.
-
-    Never holds more than ``[n_centres, k + chunk]`` scores. Invalid rows score ``-inf``. Returns
-    ``(values [n_centres, k], indices [n_centres, k] int32)``, in no particular order. Meant to run
-    inside an XLA kernel; ``k <= rows`` must hold (callers clip it).
-    """
-    dtype = centres.dtype
-    total = tf.shape(rows, out_type=tf.int32)[0]
-    size, steps, tail = split_chunks(total, chunk)
-    n_centres = tf.shape(centres)[0]
-    minus_inf = tf.constant(-np.inf, dtype)
-
-    def merge(start, length, values, indices):
-        block = tf.cast(row_block(rows, start, length), dtype)
-        scores = tf.matmul(centres, block, transpose_b=True)
-        if row_valid is not None:
-            keep = tf.slice(row_valid, tf.reshape(start, [1]), tf.reshape(length, [1]))
-            scores = tf.where(keep[None, :], scores, minus_inf)
-        top_values, where = tf.math.top_k(tf.concat([values, scores], 1), k, sorted=False)
-        # Positions < k are the running winners, the others are rows start + (position - k).
-        carried = tf.gather(indices, tf.minimum(where, k - 1), batch_dims=1)
-        return top_values, tf.where(where < k, carried, start + where - k)
-
-    def body(i, values, indices):
-        return (i + 1, *merge(i * size, size, values, indices))
-
-    init_values = tf.fill(tf.stack([n_centres, k]), minus_inf)
-    init_indices = tf.zeros(tf.stack([n_centres, k]), tf.int32)
-    _, values, indices = tf.while_loop(
-        lambda i, *_: i < steps,
-        body,
-        (tf.constant(0), init_values, init_indices),
-        shape_invariants=(
-            tf.TensorShape([]),
-            tf.TensorShape([None, None]),
-            tf.TensorShape([None, None]),
-        ),
-    )
-    return merge(steps * size, tail, values, indices)

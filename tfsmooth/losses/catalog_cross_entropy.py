@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsmooth._keras import register_serializable
+from tfsmooth._validation import check_float, check_int
 from tfsmooth.losses import _utils
 from tfsmooth.losses._base import CatalogLoss
 
@@ -15,8 +16,8 @@ __all__ = ["CatalogCrossEntropy", "catalog_cross_entropy"]
 
 
 # ----------------------------------------------------------------------------------------------------
-# Kernels. Each is one XLA program: a loop over item chunks of a static size (see `_utils` for the
-# overlapping last chunk), so at most [N, chunk] logits exist at any time.
+# Kernels. Each is one XLA program: a loop over item chunks of a static size plus a small tail block,
+# none overlapping (`tfsmooth.ops.split_chunks`), so at most [N, chunk] logits exist at any time.
 
 
 @tf.function(jit_compile=True)
@@ -25,13 +26,18 @@ def _chunked_forward(queries, items, labels, chunk, inv_temperature):
     dtype = queries.dtype
     size, steps, tail = _utils.split_chunks(tf.shape(items, out_type=tf.int32)[0], chunk)
     n = tf.shape(queries)[0]
+    # Scaled once: the logits of the running max and of the exp are then one matmul's output.
+    scaled_queries = queries * inv_temperature
 
     def update(start, length, running_max, running_sum):
         block = tf.cast(_utils.row_block(items, start, length), dtype)
-        logits = tf.matmul(queries, block, transpose_b=True) * inv_temperature
+        logits = tf.matmul(scaled_queries, block, transpose_b=True)
         new_max = tf.maximum(running_max, tf.reduce_max(logits, axis=1))
+        # min(., 0): XLA may round the logits of the max and of the exp differently; with large
+        # logits (a small temperature) one ulp is enough for exp to overflow and the loss to be NaN.
+        shifted = tf.minimum(logits - new_max[:, None], 0.0)
         running_sum = running_sum * tf.exp(running_max - new_max) + tf.reduce_sum(
-            tf.exp(logits - new_max[:, None]), axis=1
+            tf.exp(shifted), axis=1
         )
         return new_max, running_sum
 
@@ -43,7 +49,7 @@ def _chunked_forward(queries, items, labels, chunk, inv_temperature):
     running_max, running_sum = update(steps * size, tail, running_max, running_sum)
     log_sum_exp = running_max + tf.math.log(running_sum)
     positives = tf.cast(tf.gather(items, labels), dtype)
-    positive_logits = tf.reduce_sum(queries * positives, axis=1) * inv_temperature
+    positive_logits = tf.reduce_sum(scaled_queries * positives, axis=1)
     return log_sum_exp - positive_logits, log_sum_exp
 
 
@@ -53,12 +59,14 @@ def _chunked_backward(queries, items, labels, log_sum_exp, upstream, chunk, inv_
     dtype = queries.dtype
     size, steps, tail = _utils.split_chunks(tf.shape(items, out_type=tf.int32)[0], chunk)
     scale = (tf.cast(upstream, dtype) * inv_temperature)[:, None]
+    scaled_queries = queries * inv_temperature
 
     def gradients(start, length):
         block = tf.cast(_utils.row_block(items, start, length), dtype)
-        logits = tf.matmul(queries, block, transpose_b=True) * inv_temperature
+        logits = tf.matmul(scaled_queries, block, transpose_b=True)
         one_hot = tf.equal(labels[:, None], (start + tf.range(length))[None, :])
-        g = (tf.exp(logits - log_sum_exp[:, None]) - tf.cast(one_hot, dtype)) * scale
+        softmax = tf.exp(tf.minimum(logits - log_sum_exp[:, None], 0.0))  # <= 1, as above
+        g = (softmax - tf.cast(one_hot, dtype)) * scale
         return tf.matmul(g, block), tf.matmul(g, queries, transpose_a=True)
 
     def body(i, grad_queries, grad_items):
@@ -104,10 +112,16 @@ def catalog_cross_entropy_per_query(
     chunk_size: int | None,
     temperature: float,
 ) -> tf.Tensor:
-    """Per-query losses ``[N]`` (0 where not valid) of flattened, validated inputs."""
+    """Per-query losses ``[N]`` (0 where not valid, NaN where a valid query reads a non-finite
+    value: its own embedding or any item row) of flattened, validated inputs."""
     dtype = _utils.compute_dtype(queries.dtype)
     # Rows that do not count are zeroed, so nothing they hold (padding, garbage) can reach the loss.
     queries = tf.where(valid[:, None], tf.cast(queries, dtype), tf.zeros([], dtype))
+    # Every query reads every item: one non-finite row makes every loss NaN. One pass over the
+    # table, next to the [N, C, d] work of the loss itself.
+    finite = tf.logical_and(
+        _utils.finite_rows(queries), tf.reduce_all(tf.math.is_finite(item_embeddings))
+    )
     inv_temperature = 1.0 / temperature
     if chunk_size is None:
         logits = tf.matmul(queries, tf.cast(item_embeddings, dtype), transpose_b=True)
@@ -116,13 +130,14 @@ def catalog_cross_entropy_per_query(
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     else:
         losses = _chunked_losses(queries, item_embeddings, labels, chunk_size, inv_temperature)
+    losses = _utils.poison_nonfinite(losses, valid, finite)
     return tf.where(valid, losses, tf.zeros_like(losses))
 
 
 def _check_options(chunk_size: Any, temperature: Any) -> tuple[int | None, float]:
     return (
-        _utils.check_positive_int("chunk_size", chunk_size, allow_none=True),
-        _utils.check_positive_float("temperature", temperature),
+        check_int("chunk_size", chunk_size, 1, allow_none=True),
+        check_float("temperature", temperature, 0.0, min_inclusive=False, float32=True),
     )
 
 
@@ -158,23 +173,31 @@ def catalog_cross_entropy(
     Half-precision inputs (``float16``, ``bfloat16``) are computed with ``float32`` logits and softmax;
     gradients come back in the inputs' dtypes.
 
+    Non-finite values: a valid query that is NaN or infinite has a NaN loss, and a non-finite entry
+    anywhere in the item table (every query reads every item) makes every loss NaN -- never a finite
+    loss with NaN gradients. Masked queries are never read. Logits that overflow float32 (a tiny
+    temperature) give an infinite or NaN loss, never a finite wrong one.
+
     Args:
         queries: float ``[..., d]``: query (e.g. sequence) embeddings.
         item_embeddings: float ``[C, d]``: the item table (a tensor or variable).
         labels: integer ``[...]`` (or ``[..., 1]``): the positive item of each query, in ``[0, C)``.
+            Floats are accepted only with whole values (Keras hands labels over as float32).
         chunk_size: int or None. Items per chunk; ``None`` materialises all logits. Values above
             ``C`` are clipped to ``C``.
         mask: optional ``[...]``, bool or 0/1: which queries count (e.g. not padding).
-        temperature: float ``> 0``. Logits are divided by it.
+        temperature: float ``> 0``, representable in float32. Logits are divided by it.
 
     Returns:
         A scalar: the mean loss over the valid queries (0 if there are none), in the compute dtype
         (``float32`` for half-precision inputs).
 
     Raises:
-        TypeError: for non-float queries/table, non-integer labels, a bad ``chunk_size`` type.
-        ValueError: for mismatched shapes, ``chunk_size < 1``, ``temperature <= 0``, or labels outside
-            ``[0, C)`` at valid positions (eagerly; inside ``tf.function`` the same message comes as an
+        TypeError: for non-float queries/table, non-numeric or ``None`` labels, a bad ``chunk_size``
+            or ``temperature`` type.
+        ValueError: for mismatched shapes, ``chunk_size < 1``, ``temperature <= 0`` or not
+            representable in float32, non-integral float labels or labels outside ``[0, C)`` at
+            valid positions (eagerly; inside ``tf.function`` the same message comes as an
             ``InvalidArgumentError``; in XLA-compiled code such labels are left out of the loss).
 
     Example:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from tfsmooth._keras import register_serializable
+from tfsmooth._validation import check_bool, check_int, check_seed, is_integer
 from tfsmooth.losses import _utils
 from tfsmooth.losses._base import CatalogLoss
 
@@ -49,7 +49,7 @@ def _check_sampling(sampling: Any) -> str | np.ndarray:
 
 
 def _uniforms(shape, seed, dtype=tf.float32):
-    if seed is None or isinstance(seed, numbers.Integral):
+    if seed is None or is_integer(seed):
         return tf.random.uniform(shape, dtype=dtype, seed=seed)
     return tf.random.stateless_uniform(shape, seed=seed, dtype=dtype, alg="philox")
 
@@ -111,7 +111,8 @@ def sampled_softmax_per_query(
     queries, item_embeddings, labels, valid, num_sampled, sampling, log_q_correction,
     remove_accidental_hits, seed,
 ):  # fmt: skip
-    """Per-query losses ``[N]`` (0 where not valid) of flattened, validated inputs."""
+    """Per-query losses ``[N]`` (0 where not valid, NaN where a valid query or an item row it
+    reads -- its positive or a sampled negative -- is not finite) of flattened, validated inputs."""
     dtype = _utils.compute_dtype(queries.dtype)
     queries = tf.where(valid[:, None], tf.cast(queries, dtype), tf.zeros([], dtype))
     num_items = tf.shape(item_embeddings, out_type=tf.int32)[0]
@@ -135,23 +136,22 @@ def sampled_softmax_per_query(
     else:
         hits = tf.zeros([tf.shape(labels)[0], num_sampled], tf.bool)
     # Gathers outside XLA: the table's gradient is a tf.IndexedSlices of the gathered rows.
-    losses = _sampled_losses(
-        queries,
-        tf.gather(item_embeddings, labels),
-        tf.gather(item_embeddings, sampled),
-        positive_log_q,
-        negative_log_q,
-        hits,
-    )
+    positives = tf.gather(item_embeddings, labels)
+    negatives = tf.gather(item_embeddings, sampled)
+    losses = _sampled_losses(queries, positives, negatives, positive_log_q, negative_log_q, hits)
+    # Only the rows read are checked: the loss is sparse, and rows it never reads cannot reach it.
+    finite = _utils.finite_rows(queries) & _utils.finite_rows(positives)
+    finite &= tf.reduce_all(tf.math.is_finite(negatives))
+    losses = _utils.poison_nonfinite(losses, valid, finite)
     return tf.where(valid, losses, tf.zeros_like(losses))
 
 
 def _check_options(num_sampled, sampling, log_q_correction, remove_accidental_hits, seed):
     return (
-        _utils.check_positive_int("num_sampled", num_sampled),
+        check_int("num_sampled", num_sampled, 1),
         _check_sampling(sampling),
-        _utils.check_bool("log_q_correction", log_q_correction),
-        _utils.check_bool("remove_accidental_hits", remove_accidental_hits),
+        check_bool("log_q_correction", log_q_correction),
+        check_bool("remove_accidental_hits", remove_accidental_hits),
         _utils.check_seed(seed),
     )
 
@@ -183,10 +183,15 @@ def sampled_softmax_cross_entropy(
 
     Sampled items equal to the query's own positive ("accidental hits") are removed.
 
+    Non-finite values: a valid query, its positive's row or a sampled row that is NaN or infinite
+    makes the loss NaN, never a finite loss with NaN gradients. Rows the call never reads (neither a
+    label nor drawn) cannot reach the loss nor the gradients, and are not checked: the loss is
+    sparse, it does no work proportional to the table.
+
     Args:
         queries: float ``[..., d]``.
         item_embeddings: float ``[C, d]``.
-        labels: integer ``[...]`` in ``[0, C)``.
+        labels: integer ``[...]`` in ``[0, C)`` (floats only with whole values).
         num_sampled: int. Negatives per call, shared by the queries.
         sampling: the proposal Q: ``"uniform"``; ``"log_uniform"`` (Zipfian,
             ``Q(k) = log((k + 2) / (k + 1)) / log(C + 1)``, for ids sorted by decreasing popularity,
@@ -242,7 +247,7 @@ class SampledSoftmaxCrossEntropy(CatalogLoss):
             config as a list).
         log_q_correction: bool.
         remove_accidental_hits: bool.
-        seed: None or an int.
+        seed: None or an int ``>= 0``.
         reduction: ``"sum_over_batch_size"``, ``"sum"`` or ``"none"``.
         name: the loss name.
 
@@ -271,10 +276,7 @@ class SampledSoftmaxCrossEntropy(CatalogLoss):
         name: str = "sampled_softmax_cross_entropy",
     ):
         super().__init__(item_embeddings, reduction=reduction, name=name)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(
-                f"`seed` of SampledSoftmaxCrossEntropy must be None or an int. Received: seed={seed!r}"
-            )
+        seed = check_seed("seed", seed)  # the op-level seed of the draws: None or an int
         (
             self.num_sampled,
             self.sampling,

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsmooth._keras import register_serializable
+from tfsmooth._validation import check_bool, check_int, check_seed
 from tfsmooth.losses import _utils
 from tfsmooth.losses._base import CatalogLoss
 
@@ -223,9 +224,16 @@ def scalable_cross_entropy_per_query(
     mix_x: bool,
     seed: Any,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Per-query losses ``[N]`` and which queries count (valid and chosen by a bucket)."""
+    """Per-query losses ``[N]`` and which queries count (valid and chosen by a bucket).
+
+    A valid query that is not finite, or every valid query when the item table holds a non-finite
+    value (the selection reads all of it), counts with a NaN loss, chosen or not.
+    """
     dtype = _utils.compute_dtype(queries.dtype)
     queries = tf.where(valid[:, None], tf.cast(queries, dtype), tf.zeros([], dtype))
+    finite = tf.logical_and(
+        _utils.finite_rows(queries), tf.reduce_all(tf.math.is_finite(item_embeddings))
+    )
     x_index, x_counts, y_index = select_buckets(
         queries, item_embeddings, valid, n_buckets, bucket_size_x, bucket_size_y, mix_x, seed
     )
@@ -240,16 +248,17 @@ def scalable_cross_entropy_per_query(
     n = tf.shape(queries)[0]
     per_query = tf.math.unsorted_segment_max(flat_losses, flat_index, n)
     chosen = tf.math.unsorted_segment_max(tf.cast(flat_counts, tf.int32), flat_index, n) > 0
-    counted = tf.logical_and(chosen, valid)
+    counted = tf.logical_and(tf.logical_or(chosen, tf.logical_not(finite)), valid)
+    per_query = _utils.poison_nonfinite(per_query, valid, finite)
     return tf.where(counted, per_query, tf.zeros_like(per_query)), counted
 
 
 def _check_options(n_buckets, bucket_size_x, bucket_size_y, mix_x, seed):
     return (
-        _utils.check_positive_int("n_buckets", n_buckets, allow_none=True),
-        _utils.check_positive_int("bucket_size_x", bucket_size_x, allow_none=True),
-        _utils.check_positive_int("bucket_size_y", bucket_size_y),
-        _utils.check_bool("mix_x", mix_x),
+        check_int("n_buckets", n_buckets, 1, allow_none=True),
+        check_int("bucket_size_x", bucket_size_x, 1, allow_none=True),
+        check_int("bucket_size_y", bucket_size_y, 1),
+        check_bool("mix_x", mix_x),
         _utils.check_seed(seed),
     )
 
@@ -298,12 +307,22 @@ def scalable_cross_entropy(
     (shapes are sized from the number of rows ``N`` and the surplus is masked, so XLA sees static
     shapes). Sizes larger than what exists are clipped: ``bucket_size_x`` to ``N`` and
     ``bucket_size_y`` to ``C`` (the latter then sees the whole catalog). Half-precision inputs are
-    computed with ``float32`` logits and softmax.
+    computed with ``float32`` logits and softmax. An empty batch gives 0 (and zero gradients).
+
+    Non-finite values: a valid query that is NaN or infinite counts with a NaN loss whether or not
+    a bucket chose it, and a non-finite entry anywhere in the item table (the selection reads all
+    of it) makes every loss NaN -- never a finite loss with NaN gradients. A NaN score is never
+    selected above a finite one.
+
+    Under ``tf.distribute``, each replica selects its buckets from its own queries: the summed
+    replica gradients are those of the mean of the per-replica losses, not of SCE on the global
+    batch (a different estimator).
 
     Args:
         queries: float ``[..., d]``: query (e.g. sequence) embeddings.
         item_embeddings: float ``[C, d]``: the item table.
-        labels: integer ``[...]`` (or ``[..., 1]``): the positive items, in ``[0, C)``.
+        labels: integer ``[...]`` (or ``[..., 1]``): the positive items, in ``[0, C)`` (floats only
+            with whole values).
         n_buckets: int or None. Number of buckets; None: ``floor(2 sqrt(valid queries))``.
         bucket_size_x: int or None. Queries per bucket; None: ``floor(2 sqrt(valid queries))``.
         bucket_size_y: int. Items per bucket (the paper uses 64 to 4096).
@@ -323,9 +342,9 @@ def scalable_cross_entropy(
         A scalar: the mean SCE over the counted queries (0 if none), ``float32`` for half inputs.
 
     Raises:
-        TypeError: for non-float queries/table, non-integer labels or sizes, a bad ``seed``.
-        ValueError: for mismatched shapes, sizes ``< 1``, or labels outside ``[0, C)`` at valid
-            positions (eagerly; an ``InvalidArgumentError`` inside ``tf.function``; left out of the
+        TypeError: for non-float queries/table, non-numeric labels, non-integer sizes, a bad ``seed``.
+        ValueError: for mismatched shapes, sizes ``< 1``, a negative seed, non-integral float
+            labels or labels outside ``[0, C)`` at valid positions (eagerly; an ``InvalidArgumentError`` inside ``tf.function``; left out of the
             loss inside XLA-compiled code).
 
     Example:
@@ -371,7 +390,7 @@ class ScalableCrossEntropy(CatalogLoss):
         bucket_size_x: int or None (``floor(2 sqrt(valid queries))``).
         bucket_size_y: int.
         mix_x: bool.
-        seed: None or an int (op-level seed of the centre draws).
+        seed: None or an int ``>= 0`` (op-level seed of the centre draws).
         reduction: ``"sum_over_batch_size"`` (weighted mean over counted queries), ``"sum"`` or
             ``"none"`` (per-query losses, 0 for queries no bucket chose).
         name: the loss name.
@@ -402,11 +421,7 @@ class ScalableCrossEntropy(CatalogLoss):
         name: str = "scalable_cross_entropy",
     ):
         super().__init__(item_embeddings, reduction=reduction, name=name)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(
-                "`seed` of ScalableCrossEntropy must be None or an int (the op-level seed of the "
-                f"centre draws). Received: seed={seed!r}"
-            )
+        seed = check_seed("seed", seed)  # the op-level seed of the centre draws: None or an int
         (
             self.n_buckets,
             self.bucket_size_x,

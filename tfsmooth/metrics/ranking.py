@@ -1,34 +1,38 @@
-"""Ranking quality against the whole item catalog: the rank of the true item, HR@k and NDCG@k."""
+"""Ranking quality against the whole item catalog: the rank of the true item, HR@k and NDCG@k.
+
+NaN scores (a NaN query, a NaN item row) rank last, never first: a NaN score counts as ``-inf``, so
+it is never ahead of a finite one, and a query whose own true item scores NaN gets rank ``C`` (after
+every item, a rank no scored item can have) and is a miss (HR 0, NDCG 0) whatever ``k``.
+"""
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from tfsmooth._keras import register_serializable
+from tfsmooth._validation import check_int
+from tfsmooth.losses import _utils
+from tfsmooth.ops.chunks import row_block, split_chunks
 
-__all__ = ["catalog_rank", "catalog_ranking_metrics"]
+__all__ = ["catalog_rank", "catalog_ranking_metrics", "hit_rate_and_ndcg"]
 
 
-def _split(rows, chunk):
-    rows = tf.maximum(rows, 1)
-    pieces = (rows + chunk - 1) // chunk
-    size = rows // pieces
-    steps = rows // size
-    return size, steps, rows - steps * size
+def _without_nan(scores: tf.Tensor) -> tf.Tensor:
+    """NaN scores as ``-inf``: ranked after every other score, ties included."""
+    return tf.where(tf.math.is_nan(scores), tf.constant(-np.inf, scores.dtype), scores)
 
 
 @tf.function(jit_compile=True)
 def _count_ahead(queries, items, labels, target_scores, chunk):
     """Number of items other than the label scoring >= the label's score, chunk by chunk."""
-    size, steps, tail = _split(tf.shape(items, out_type=tf.int32)[0], chunk)
-    d = tf.shape(items)[1]
+    size, steps, tail = split_chunks(tf.shape(items, out_type=tf.int32)[0], chunk)
 
     def count(start, length):
-        block = tf.cast(tf.slice(items, tf.stack([start, 0]), tf.stack([length, d])), tf.float32)
-        scores = tf.matmul(queries, block, transpose_b=True)
+        block = tf.cast(row_block(items, start, length), tf.float32)
+        scores = _without_nan(tf.matmul(queries, block, transpose_b=True))
         other = tf.not_equal((start + tf.range(length))[None, :], labels[:, None])
         ahead = tf.logical_and(scores >= target_scores[:, None], other)
         return tf.reduce_sum(tf.cast(ahead, tf.int32), axis=1)
@@ -52,7 +56,70 @@ def _excluded_ahead(queries, items, labels, target_scores, exclude):
     usable = (ordered >= 0) & (ordered < num_items) & ~repeated & (ordered != labels[:, None])
     safe = tf.where(usable, ordered, tf.zeros_like(ordered))
     scores = tf.einsum("bd,bmd->bm", queries, tf.cast(tf.gather(items, safe), tf.float32))
+    scores = _without_nan(scores)
     return tf.reduce_sum(tf.cast(usable & (scores >= target_scores[:, None]), tf.int32), axis=1)
+
+
+def _validated(queries, item_embeddings, labels, chunk_size):
+    chunk_size = check_int("chunk_size", chunk_size, 1)
+    for name, value in (("queries", queries), ("item_embeddings", item_embeddings)):
+        if value is None:
+            raise TypeError(f"`{name}` must be a float tensor. Received: {name}=None")
+    queries = tf.cast(tf.convert_to_tensor(queries), tf.float32)
+    item_embeddings = tf.convert_to_tensor(item_embeddings)
+    if queries.shape.rank is not None and queries.shape.rank != 2:
+        raise ValueError(
+            f"`queries` must have shape [B, d]. Received: queries.shape={queries.shape}"
+        )
+    if item_embeddings.shape.rank is not None and item_embeddings.shape.rank != 2:
+        raise ValueError(
+            "`item_embeddings` must have shape [num_items, d]. "
+            f"Received: item_embeddings.shape={item_embeddings.shape}"
+        )
+    dq, dw = queries.shape[-1], item_embeddings.shape[-1]
+    if dq is not None and dw is not None and dq != dw:
+        raise ValueError(
+            "`queries` and `item_embeddings` must have the same last dimension d. "
+            f"Received: queries.shape={queries.shape}, item_embeddings.shape={item_embeddings.shape}"
+        )
+    labels = tf.cast(_utils.integer_labels(labels, "labels"), tf.int32)
+    if labels.shape.rank is not None and labels.shape.rank == 2 and labels.shape[-1] == 1:
+        labels = tf.squeeze(labels, -1)
+    if not labels.shape.is_compatible_with(queries.shape[:1]):
+        raise ValueError(
+            "`labels` must have shape [B], one per query. "
+            f"Received: labels.shape={labels.shape}, queries.shape={queries.shape}"
+        )
+    num_items = tf.shape(item_embeddings, out_type=tf.int32)[0]
+    if tf.executing_eagerly():
+        values = labels.numpy()
+        bad = values[(values < 0) | (values >= int(num_items))]
+        if bad.size:
+            raise ValueError(
+                f"`labels` must be item indices in [0, {int(num_items)}). "
+                f"Received: labels containing {int(bad[0])}"
+            )
+    else:
+        message = "`labels` must be item indices in [0, num_items)"
+        checks = [
+            tf.debugging.assert_non_negative(labels, message=message),
+            tf.debugging.assert_less(labels, num_items, message=message),
+        ]
+        with tf.control_dependencies(checks):  # before any gather of a label
+            labels = tf.identity(labels)
+    return queries, item_embeddings, labels, chunk_size
+
+
+def _ranks(queries, item_embeddings, labels, exclude, chunk_size):
+    """Ranks ``[B]`` int32 of validated inputs; ``C`` where the true item scores NaN."""
+    num_items = tf.shape(item_embeddings, out_type=tf.int32)[0]
+    targets = tf.reduce_sum(queries * tf.cast(tf.gather(item_embeddings, labels), tf.float32), 1)
+    target_is_nan = tf.math.is_nan(targets)
+    targets = _without_nan(targets)
+    ranks = _count_ahead(queries, item_embeddings, labels, targets, chunk_size)
+    if exclude is not None:
+        ranks -= _excluded_ahead(queries, item_embeddings, labels, targets, exclude)
+    return tf.where(target_is_nan, num_items, ranks)
 
 
 @register_serializable
@@ -68,26 +135,30 @@ def catalog_rank(
 
     .. math::
 
-        \\mathrm{rank}_i = \\big|\\{\\, j \\ne y_i,\\ j \\notin E_i : x_i^\\top w_j \\ge x_i^\\top w_{y_i} \\,\\}\\big|
+        \\mathrm{rank}_i = \\big|\\{\\, j \\ne y_i,\\ j \\notin E_i : s_{ij} \\ge s_{i y_i} \\,\\}\\big|,
+        \\qquad s_{ij} = x_i^\\top w_j \\ (-\\infty \\text{ if NaN})
 
     Ties count against the true item (a model that scores everything alike ranks it last, not
-    first). Items are scored ``chunk_size`` at a time in one XLA loop, so at most
-    ``[B, chunk_size]`` scores exist, whatever the catalog size.
+    first). A NaN score counts as ``-inf``: a NaN item never ranks above a finite one, and a true
+    item that scores NaN (a NaN query or a NaN row) gets rank ``C``, after every item. Items are scored ``chunk_size`` at a
+    time in one XLA loop, so at most ``[B, chunk_size]`` scores exist, whatever the catalog size.
 
     Args:
         queries: float ``[B, d]``.
         item_embeddings: float ``[C, d]``.
-        labels: integer ``[B]`` in ``[0, C)``: the true items.
+        labels: integer ``[B]`` in ``[0, C)``: the true items (floats only with whole values).
         exclude: optional integer ``[B, M]``: items not to rank for each query (e.g. the items of
             its history, as the usual "filter seen items" protocol does). Entries outside ``[0, C)``
             (padding), repeats and the true item itself are ignored.
-        chunk_size: int. Items scored per step.
+        chunk_size: int ``>= 1``. Items scored per step.
 
     Returns:
-        int32 ``[B]``.
+        int32 ``[B]``: in ``[0, C - 1]``, or ``C`` where the true item scores NaN.
 
     Raises:
-        ValueError: for labels outside ``[0, C)`` (eagerly) or a bad ``chunk_size``.
+        TypeError: for ``None`` inputs, non-integer labels or a non-integer ``chunk_size``.
+        ValueError: for mismatched shapes, non-integral float labels, labels outside ``[0, C)``
+            (eagerly; an ``InvalidArgumentError`` inside a ``tf.function``) or ``chunk_size < 1``.
 
     Example:
 
@@ -97,34 +168,47 @@ def catalog_rank(
     ...              tf.constant([2])).numpy()
     array([1], dtype=int32)
     """
-    if (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, numbers.Integral)
-        or chunk_size < 1
-    ):
-        raise ValueError(
-            f"`chunk_size` must be an integer >= 1. Received: chunk_size={chunk_size!r}"
-        )
-    queries = tf.cast(tf.convert_to_tensor(queries), tf.float32)
-    item_embeddings = tf.convert_to_tensor(item_embeddings)
-    labels = tf.cast(tf.convert_to_tensor(labels), tf.int32)
-    num_items = tf.shape(item_embeddings, out_type=tf.int32)[0]
-    if tf.executing_eagerly():
-        bad = labels.numpy()[(labels.numpy() < 0) | (labels.numpy() >= int(num_items))]
-        if bad.size:
-            raise ValueError(
-                f"`labels` must be item indices in [0, {int(num_items)}). "
-                f"Received: labels containing {int(bad[0])}"
-            )
-    else:
-        message = "`labels` must be item indices in [0, num_items)"
-        tf.debugging.assert_non_negative(labels, message=message)
-        tf.debugging.assert_less(labels, num_items, message=message)
-    targets = tf.reduce_sum(queries * tf.cast(tf.gather(item_embeddings, labels), tf.float32), 1)
-    ranks = _count_ahead(queries, item_embeddings, labels, targets, int(chunk_size))
-    if exclude is not None:
-        ranks -= _excluded_ahead(queries, item_embeddings, labels, targets, exclude)
-    return ranks
+    queries, item_embeddings, labels, chunk_size = _validated(
+        queries, item_embeddings, labels, chunk_size
+    )
+    return _ranks(queries, item_embeddings, labels, exclude, chunk_size)
+
+
+@register_serializable
+def hit_rate_and_ndcg(ranks: Any, k: int, num_items: Any = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """HR@k and NDCG@k ``[B]`` float32 of the 0-based ranks ``[B]`` of :func:`catalog_rank`.
+
+    .. math::
+
+        \\mathrm{HR@}k_i = [r_i < k], \\qquad \\mathrm{NDCG@}k_i = \\frac{[r_i < k]}{\\log_2(r_i + 2)}
+
+    With ``num_items`` (``C``), a rank ``>= C`` -- :func:`catalog_rank`'s rank of a true item that
+    scores NaN -- is a miss whatever ``k``.
+
+    Args:
+        ranks: integer ``[B]``.
+        k: int ``>= 1``. The cut-off.
+        num_items: optional int or scalar tensor ``C``.
+
+    Returns:
+        ``(hit_rate, ndcg)``, float32 ``[B]`` each.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from tfsmooth.metrics.ranking import hit_rate_and_ndcg
+    >>> hit, ndcg = hit_rate_and_ndcg(tf.constant([0, 1, 5]), k=2)
+    >>> hit.numpy().tolist(), [round(float(value), 3) for value in ndcg]
+    ([1.0, 1.0, 0.0], [1.0, 0.631, 0.0])
+    """
+    k = check_int("k", k, 1)
+    ranks = tf.convert_to_tensor(ranks)
+    hit = ranks < k
+    if num_items is not None:
+        hit = tf.logical_and(hit, ranks < tf.cast(num_items, ranks.dtype))
+    rank_f = tf.cast(ranks, tf.float32)
+    ndcg = tf.where(hit, 1.0 / (tf.math.log(rank_f + 2.0) / tf.math.log(2.0)), 0.0)
+    return tf.cast(hit, tf.float32), ndcg
 
 
 @register_serializable
@@ -147,7 +231,8 @@ def catalog_ranking_metrics(
         \\mathrm{NDCG@}k_i = \\frac{[r_i < k]}{\\log_2(r_i + 2)}
 
     Averaging over queries gives the usual HR@k and NDCG@k of leave-one-out evaluation (Kang &
-    McAuley 2018; Mezentsev et al. 2024).
+    McAuley 2018; Mezentsev et al. 2024). A query whose true item scores NaN (a NaN query or item
+    row) is a miss, HR and NDCG 0, whatever ``k``; NaN scores of other items never rank above it.
 
     Args:
         queries: float ``[B, d]``.
@@ -159,6 +244,9 @@ def catalog_ranking_metrics(
 
     Returns:
         A dict of float32 ``[B]`` tensors: ``"hit_rate"``, ``"ndcg"``, and int32 ``"rank"``.
+
+    Raises:
+        TypeError / ValueError: as :func:`catalog_rank`, and for ``k`` not an integer ``>= 1``.
 
     Example:
 
@@ -172,10 +260,10 @@ def catalog_ranking_metrics(
         - [Kang, McAuley. Self-Attentive Sequential Recommendation (2018)](
           https://arxiv.org/abs/1808.09781)
     """
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"`k` must be an integer >= 1. Received: k={k!r}")
-    ranks = catalog_rank(queries, item_embeddings, labels, exclude=exclude, chunk_size=chunk_size)
-    hit = ranks < k
-    rank_f = tf.cast(ranks, tf.float32)
-    ndcg = tf.where(hit, 1.0 / (tf.math.log(rank_f + 2.0) / tf.math.log(2.0)), 0.0)
-    return {"hit_rate": tf.cast(hit, tf.float32), "ndcg": ndcg, "rank": ranks}
+    k = check_int("k", k, 1)
+    queries, item_embeddings, labels, chunk_size = _validated(
+        queries, item_embeddings, labels, chunk_size
+    )
+    ranks = _ranks(queries, item_embeddings, labels, exclude, chunk_size)
+    hit, ndcg = hit_rate_and_ndcg(ranks, k, tf.shape(item_embeddings)[0])
+    return {"hit_rate": hit, "ndcg": ndcg, "rank": ranks}

@@ -8,68 +8,30 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfsmooth._keras import IS_KERAS_3, keras, register_serializable
-from tfsmooth._validation import check_int
-from tfsmooth.losses import CatalogCrossEntropy, SampledSoftmaxCrossEntropy, ScalableCrossEntropy
+from tfsmooth import losses as catalog_losses
+from tfsmooth._keras import (
+    compute_loss_tracker,
+    deserialize_compile_config,
+    keras,
+    register_serializable,
+    replica_count,
+)
+from tfsmooth._validation import check_bool, check_float, check_int
 from tfsmooth.losses import _utils as _loss_utils
 from tfsmooth.losses._base import CatalogLoss
 from tfsmooth.metrics.ranking import catalog_ranking_metrics
 
 __all__ = ["LOSSES", "SASRec"]
 
-#: Loss names SASRec accepts (``loss=`` may also be a tfsmooth catalog loss instance):
-#: full softmax cross-entropy over the catalog, Scalable Cross-Entropy, sampled softmax with log-Q,
-#: and binary cross-entropy against ``num_negatives`` uniformly sampled negatives (SASRec's original).
-LOSSES = ("catalog", "scalable", "sampled", "bce")
-
-
-class _NegativeSamplingBinaryCrossEntropy(CatalogLoss):
-    """SASRec's original loss: -log s(x.w_pos) - sum_k log(1 - s(x.w_neg_k)), negatives uniform.
-
-    Item index 0 is padding, so negatives are drawn from ``1..C`` without the positive.
-    """
-
-    def __init__(self, num_negatives: int = 1, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.num_negatives = num_negatives
-        self.seed = seed
-
-    def per_query(self, queries, item_embeddings, labels, mask):
-        q, w, y, valid = _loss_utils.prepare(queries, item_embeddings, labels, mask, "SASRec")
-        dtype = _loss_utils.compute_dtype(q.dtype)
-        q = tf.where(valid[:, None], tf.cast(q, dtype), tf.zeros([], dtype))
-        num_items = tf.shape(w)[0] - 1
-        offsets = tf.random.uniform(
-            [tf.shape(y)[0], self.num_negatives],
-            maxval=tf.maximum(num_items - 1, 1),
-            dtype=tf.int32,
-            seed=self.seed,
-        )
-        # Items 1..C without the positive: shift the positive by 1..C-1, cyclically.
-        negatives = 1 + (tf.maximum(y - 1, 0)[:, None] + 1 + offsets) % tf.maximum(num_items, 1)
-        positive = tf.reduce_sum(q * tf.cast(tf.gather(w, y), dtype), axis=1)
-        negative = tf.einsum("nd,nkd->nk", q, tf.cast(tf.gather(w, negatives), dtype))
-        losses = tf.nn.softplus(-positive) + tf.reduce_sum(tf.nn.softplus(negative), axis=1)
-        return tf.where(valid, losses, tf.zeros_like(losses)), valid
+#: Loss names SASRec accepts (``loss=`` may also be a tfsmooth catalog loss instance): the names
+#: of the shared registry, :data:`tfsmooth.losses.LOSSES` (see :func:`tfsmooth.losses.get`).
+LOSSES = catalog_losses.LOSSES
 
 
 def _make_loss(loss: Any, num_negatives: int) -> CatalogLoss:
-    if isinstance(loss, CatalogLoss):
-        return loss
-    if isinstance(loss, dict):
-        return keras.utils.deserialize_keras_object(loss)
-    if loss == "catalog":
-        return CatalogCrossEntropy()
-    if loss == "scalable":
-        return ScalableCrossEntropy()
-    if loss == "sampled":
-        return SampledSoftmaxCrossEntropy(sampling="uniform")
-    if loss == "bce":
-        return _NegativeSamplingBinaryCrossEntropy(num_negatives)
-    raise ValueError(
-        f"`loss` must be one of {LOSSES} or a tfsmooth catalog loss (CatalogCrossEntropy, "
-        f"ScalableCrossEntropy, SampledSoftmaxCrossEntropy). Received: loss={loss!r}"
-    )
+    """``loss`` resolved by the shared registry; ``"bce"`` draws ``num_negatives`` negatives."""
+    options = {"num_negatives": num_negatives} if isinstance(loss, str) and loss == "bce" else {}
+    return catalog_losses.get(loss, **options)
 
 
 @register_serializable
@@ -93,9 +55,12 @@ class SASRec(keras.Model):
     are zeroed after every block and never attended to).
 
     Training: ``fit(inputs, labels)`` with ``labels [B, L]`` the next item at each position (0 =
-    none). The loss is SASRec's own, not ``compile``'s: ``"catalog"`` (full softmax cross-entropy),
-    ``"scalable"`` (SCE), ``"sampled"`` (sampled softmax with log-Q), ``"bce"`` (one or more uniform
-    negatives, the original SASRec loss) or any tfsmooth catalog loss instance (e.g.
+    none). The loss is SASRec's own, not ``compile``'s, resolved by :func:`tfsmooth.losses.get`:
+    ``"catalog"`` (full softmax cross-entropy), ``"scalable"`` (SCE), ``"sampled"`` (sampled
+    softmax with log-Q, uniform proposal), ``"sampled_log_uniform"`` (log-uniform proposal: only
+    for items numbered by decreasing frequency, which :func:`tfsmooth.data.build_sequences` does
+    not do), ``"bce"`` (one or more uniform negatives, the original SASRec loss) or any tfsmooth
+    catalog loss instance (e.g.
     ``ScalableCrossEntropy(bucket_size_y=512)`` or ``CatalogCrossEntropy(chunk_size=8192)``).
 
     Args:
@@ -152,11 +117,7 @@ class SASRec(keras.Model):
                 "`embedding_dim` must be divisible by `num_heads`. "
                 f"Received: embedding_dim={embedding_dim}, num_heads={num_heads}"
             )
-        if isinstance(dropout_rate, bool) or not 0.0 <= float(dropout_rate) < 1.0:
-            raise ValueError(
-                f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}"
-            )
-        self.dropout_rate = float(dropout_rate)
+        self.dropout_rate = check_float("dropout_rate", dropout_rate, 0.0, 1.0, max_inclusive=False)
         self.retrieval_loss = _make_loss(loss, self.num_negatives)
         self._loss_spec = loss if isinstance(loss, str) else None
 
@@ -193,8 +154,8 @@ class SASRec(keras.Model):
             for _ in range(num_blocks)
         ]
         self.final_norm = keras.layers.LayerNormalization(epsilon=1e-8)
-        if not IS_KERAS_3:  # Keras 3 tracks the loss of a custom compute_loss itself.
-            self.loss_tracker = keras.metrics.Mean(name="loss")
+        # tf-keras tracks only compiled losses; Keras 3 tracks what compute_loss returns (None).
+        self.loss_tracker = compute_loss_tracker()
 
     # ------------------------------------------------------------------------------------------
     # Forward pass.
@@ -205,11 +166,31 @@ class SASRec(keras.Model):
         return "int32"
 
     def call(self, inputs, training=None):
-        """Item sequences ``[B, L]`` (``L <= max_length``) -> hidden states ``[B, L, d]``."""
+        """Item sequences ``[B, L]`` (``L <= max_length``) -> hidden states ``[B, L, d]``.
+
+        Raises:
+            ValueError: for inputs that are not ``[B, L]`` or longer than ``max_length`` (an
+                ``InvalidArgumentError`` inside a ``tf.function`` when ``L`` is not static).
+        """
         ids = tf.cast(inputs, tf.int32)
+        if ids.shape.rank is not None and ids.shape.rank != 2:
+            raise ValueError(
+                f"`inputs` must be item sequences [batch, length]. Received: inputs.shape={ids.shape}"
+            )
+        if ids.shape[-1] is not None and ids.shape[-1] > self.max_length:
+            raise ValueError(
+                f"`inputs` must be at most max_length={self.max_length} items long. "
+                f"Received: inputs.shape={ids.shape}"
+            )
         mask = ids > 0
         mask_f = tf.cast(mask, self.compute_dtype)[:, :, None]
         length = tf.shape(ids)[1]
+        if ids.shape[-1] is None:
+            tf.debugging.assert_less_equal(
+                length,
+                self.max_length,
+                message=f"`inputs` must be at most max_length={self.max_length} items long",
+            )
         table = tf.cast(self.item_embeddings, self.compute_dtype)
         x = tf.gather(table, tf.maximum(ids, 0)) * math.sqrt(self.embedding_dim)
         # The last position always gets the last position embedding (left padding).
@@ -241,33 +222,27 @@ class SASRec(keras.Model):
 
     def compile_from_config(self, config):
         """Re-compiles a loaded model (Keras skips models whose ``compile`` is overridden)."""
-        # The new-format deserializer: keras.utils' in Keras 3, keras.saving's in tf-keras.
-        deserialize = (
-            keras.utils.deserialize_keras_object
-            if IS_KERAS_3
-            else keras.saving.deserialize_keras_object
-        )
-        self.compile(**deserialize(config))
+        self.compile(**deserialize_compile_config(config))
         optimizer = getattr(self, "optimizer", None)
         if optimizer is not None and self.built and hasattr(optimizer, "build"):
             optimizer.build(self.trainable_variables)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The catalog loss of the hidden states against the next items ``y [B, L]`` (0 = none)."""
-        labels = tf.cast(y, tf.int32)
-        loss = self.retrieval_loss(
+        labels = tf.cast(_loss_utils.integer_labels(y, "y"), tf.int32)
+        loss = self.retrieval_loss.unscaled(
             labels,
             y_pred,
             sample_weight,
             item_embeddings=self.item_embeddings,
             mask=labels > 0,
         )
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if not IS_KERAS_3:
-            # tf-keras losses leave the replica scaling to their caller; Keras 3 ones do it.
+        if self.loss_tracker is not None:
             self.loss_tracker.update_state(loss)
-            if replicas > 1:
-                loss = loss * (1.0 / replicas)
+        # fit sums the replicas' gradients: each returns its mean over the number of replicas.
+        replicas = replica_count()
+        if replicas > 1:
+            loss = loss * (1.0 / replicas)
         if self.losses:
             loss += tf.add_n([tf.cast(extra, loss.dtype) for extra in self.losses]) / replicas
         return loss
@@ -280,9 +255,18 @@ class SASRec(keras.Model):
         return self(inputs, training=training)[:, -1, :]
 
     def recommend(self, inputs, k: int = 10, exclude_history: bool = True):
-        """Top ``k`` items after each sequence: ``(item indices [B, k] in 1..C, scores [B, k])``."""
+        """Top ``k`` items after each sequence: ``(item indices [B, k] in 1..C, scores [B, k])``.
+
+        NaN scores count as ``-inf`` (never above a finite score); excluded items score ``-inf``.
+
+        Raises:
+            ValueError: for ``k`` outside ``[1, num_items]`` or inputs longer than ``max_length``.
+        """
+        k = check_int("k", k, 1, self.num_items)
+        exclude_history = check_bool("exclude_history", exclude_history)
         query = self.last_hidden(inputs)
         scores = tf.matmul(query, tf.cast(self.item_embeddings, query.dtype), transpose_b=True)
+        scores = tf.where(tf.math.is_nan(scores), tf.constant(-np.inf, scores.dtype), scores)
         blocked = tf.one_hot(0, self.num_items + 1, on_value=True, off_value=False)[None, :]
         if exclude_history:
             history = tf.cast(inputs, tf.int32)
@@ -313,10 +297,38 @@ class SASRec(keras.Model):
             batch_size: users per forward pass.
 
         Returns:
-            ``{"hit_rate": mean, "ndcg": mean, "per_user": {"hit_rate": [U], "ndcg": [U]}}``.
+            ``{"hit_rate": mean, "ndcg": mean, "per_user": {"hit_rate": [U], "ndcg": [U]}}``. A
+            user whose next item scores NaN (e.g. after the item table went NaN) is a miss
+            (:func:`tfsmooth.metrics.ranking.catalog_ranking_metrics`).
+
+        Raises:
+            ValueError: for empty or mismatched inputs, non-integral or out-of-range labels
+                (outside ``1..C``), ``k < 1``, ``batch_size < 1`` or inputs longer than
+                ``max_length``.
+            TypeError: for non-integer ``k``/``batch_size`` or non-numeric labels.
         """
+        k = check_int("k", k, 1)
+        batch_size = check_int("batch_size", batch_size, 1)
+        exclude_history = check_bool("exclude_history", exclude_history)
         inputs = np.asarray(inputs)
         labels = np.asarray(labels)
+        if inputs.ndim != 2 or len(inputs) == 0:
+            raise ValueError(
+                "`inputs` must be a non-empty batch of sequences [users, length]. "
+                f"Received: inputs.shape={inputs.shape}"
+            )
+        if labels.shape != (len(inputs),):
+            raise ValueError(
+                "`labels` must hold one next item per sequence. "
+                f"Received: labels.shape={labels.shape}, inputs.shape={inputs.shape}"
+            )
+        labels = _loss_utils.integer_labels(labels, "labels").numpy()
+        outside = labels[(labels < 1) | (labels > self.num_items)]
+        if outside.size:
+            raise ValueError(
+                f"`labels` must be items in [1, num_items={self.num_items}]. "
+                f"Received: labels containing {int(outside[0])}"
+            )
         items = tf.convert_to_tensor(self.item_embeddings)[1:]  # rows of items 1..C
         step = self._ranking_step(k, exclude_history)
         parts: dict[str, list] = {"hit_rate": [], "ndcg": []}

@@ -1,0 +1,16 @@
+"""Numerical building blocks shared across tfsmooth: chunk loops and chunked top-k over a catalog.
+
+- :func:`exact_top_k`: the ``k`` best candidates per query, best first, with per-query exclusions
+  and a defined place for NaN scores (the retrieval server's kernel).
+- :func:`compute_dtype`: the dtype kernels compute in (half precision is widened to float32).
+
+Building blocks for kernels, imported from their modules (static shapes; their callers check the
+arguments): ``tfsmooth.ops.chunks.split_chunks`` and ``row_block`` visit a long axis (an item
+table) in static-shape chunks, the way XLA needs them; ``tfsmooth.ops.top_k.running_top_k`` keeps
+the top rows by inner product one chunk at a time (the catalog losses' selection step).
+"""
+
+from tfsmooth.ops.dtypes import compute_dtype
+from tfsmooth.ops.top_k import NO_ITEM, exact_top_k
+
+__all__ = ["NO_ITEM", "compute_dtype", "exact_top_k"]
