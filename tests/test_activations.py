@@ -5,6 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from references import (
+    generalized_reference,
+    generalized_slope_reference,
+    smelu_reference,
+    smelu_reference_at_float32_width,
+    smelu_slope_reference,
+)
 
 from tfsmooth._keras import keras
 from tfsmooth.activations import generalized_smelu, smelu
@@ -15,30 +22,6 @@ TOLERANCE = {tf.float16: 2e-3, tf.bfloat16: 1.6e-2, tf.float32: 1e-6, tf.float64
 
 # ---------------------------------------------------------------------------------------------
 # References: the piecewise definitions, evaluated region by region in float64.
-
-
-def smelu_reference(x, beta):
-    x = np.asarray(x, np.float64)
-    return np.where(x <= -beta, 0.0, np.where(x >= beta, x, (x + beta) ** 2 / (4 * beta)))
-
-
-def smelu_slope_reference(x, beta):
-    x = np.asarray(x, np.float64)
-    return np.where(x <= -beta, 0.0, np.where(x >= beta, 1.0, (x + beta) / (2 * beta)))
-
-
-def generalized_reference(x, alpha, beta, gn, gp, t):
-    x = np.asarray(x, np.float64)
-    left = gn * (x + alpha) + t
-    mid = t + gn * (x + alpha) + (gp - gn) * (x + alpha) ** 2 / (2 * (alpha + beta))
-    right = t + (alpha + beta) * (gn + gp) / 2 + gp * (x - beta)
-    return np.where(x <= -alpha, left, np.where(x >= beta, right, mid))
-
-
-def generalized_slope_reference(x, alpha, beta, gn, gp):
-    x = np.asarray(x, np.float64)
-    mid = gn + (gp - gn) * (x + alpha) / (alpha + beta)
-    return np.where(x <= -alpha, gn, np.where(x >= beta, gp, mid))
 
 
 def run(fn, context):
@@ -206,6 +189,12 @@ def test_smelu_error_messages_name_argument_and_value():
         smelu(tf.constant([1.0]), beta=True)
     with pytest.raises(TypeError, match=r"floating-point input.*int32"):
         smelu(tf.constant([1, 2]))
+    with pytest.raises(
+        TypeError, match=r"`smelu` needs a floating-point tensor `x`. Received: x=None"
+    ):
+        smelu(None)
+    with pytest.raises(TypeError, match=r"`generalized_smelu` needs .* `x`. Received: x=None"):
+        generalized_smelu(None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,3 +414,126 @@ def test_generalized_second_derivative_with_learnable_parameters():
     inside = (xs > -0.6 + 1e-9) & (xs < 1.1 - 1e-9)
     np.testing.assert_allclose(d2[inside], (1.0 + 0.2) / 1.7, rtol=1e-9)
     np.testing.assert_allclose(d2[~inside], 0.0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Widths at the ends of float32 (issue 11): exact for every accepted width, rejected outside.
+
+F32_MAX = float(np.finfo(np.float32).max)
+F32_TINY = float(np.finfo(np.float32).tiny)
+EXTREME_WIDTHS = [F32_TINY, 1e-30, 1e19, 1e30, 1e38, F32_MAX]
+
+
+def _extreme_points(beta):
+    return np.array([-np.inf, -F32_MAX, -beta, -beta / 2, 0.0, beta / 3, beta, F32_MAX, np.inf])
+
+
+@pytest.mark.parametrize("context", ["eager", "xla"])
+@pytest.mark.parametrize("beta", EXTREME_WIDTHS, ids=lambda b: f"{b:.3g}")
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["number", "tensor"])
+def test_smelu_every_float32_width_matches_float64_reference(beta, context, as_tensor):
+    if as_tensor and beta < 2.0**-64:
+        pytest.skip("a tensor width's gradient is read from the output: documented >= 2**-64")
+    points = _extreme_points(np.float32(beta))
+    # Points between 0 and the smallest normal float32 are flushed to 0 by the CPU: leave them out.
+    points = points[(points == 0) | (np.abs(points) >= F32_TINY)]
+    x = tf.constant(points, tf.float32)
+    width = tf.constant(beta, tf.float32) if as_tensor else beta
+    y, dy = run(lambda: value_and_slope(smelu, x, beta=width), context)
+    expected, expected_slope = smelu_reference_at_float32_width(x.numpy(), beta)
+    assert not np.isnan(y.numpy()).any() and not np.isnan(dy.numpy()).any()
+    # Results below the smallest normal float32 may be flushed to 0: atol covers them.
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=2 * F32_TINY)
+    np.testing.assert_allclose(dy.numpy(), expected_slope, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("beta", [1e39, 1e-46, 1e-40, np.float64(1e39)])
+def test_smelu_rejects_widths_outside_float32_naming_the_range(beta):
+    with pytest.raises(ValueError, match=r"`beta` must be .*float32.*1\.18e-38 and 3\.4e\+38"):
+        smelu(tf.constant([1.0]), beta=beta)
+
+
+@pytest.mark.parametrize("beta", [np.float32(2.0), np.int64(2), np.float64(2.0)])
+def test_smelu_accepts_numpy_scalars(beta):
+    np.testing.assert_allclose(smelu(tf.constant([0.0, 3.0]), beta=beta), [0.5, 3.0])
+
+
+def test_generalized_rejects_widths_outside_float32():
+    x = tf.constant([1.0])
+    with pytest.raises(ValueError, match="`beta` must be representable in float32"):
+        generalized_smelu(x, alpha=0.0, beta=1e-40)
+    with pytest.raises(ValueError, match=r"`alpha \+ beta`.*float32.*Received: alpha=2e\+38"):
+        generalized_smelu(x, alpha=2e38, beta=2e38)
+    with pytest.raises(ValueError, match=r"`alpha \+ beta`.*float32"):
+        generalized_smelu(x, alpha=1e-30, beta=-1e-30 + 1e-45)
+
+
+@pytest.mark.parametrize("context", ["eager", "xla"])
+@pytest.mark.parametrize(
+    "alpha, beta", [(0.0, F32_TINY), (1e38, 1e38), (F32_MAX / 2, F32_MAX / 2), (3e19, 1e19)]
+)
+def test_generalized_extreme_widths_match_float64_reference(alpha, beta, context):
+    alpha32, beta32 = float(np.float32(alpha)), float(np.float32(beta))
+    points = np.array([-alpha32 * 2, -alpha32, -alpha32 / 2, 0.0, beta32 / 2, beta32, 1.0, -1.0])
+    points = points[(points == 0) | (np.abs(points) >= F32_TINY)]  # no subnormal inputs
+    x = tf.constant(points, tf.float32)
+    y, dy = run(
+        lambda: value_and_slope(
+            generalized_smelu, x, alpha=alpha, beta=beta, negative_slope=0.1, positive_slope=0.9
+        ),
+        context,
+    )
+    with np.errstate(over="ignore", invalid="ignore"):
+        # (x + alpha)^2 / 2w written as (x + alpha) / 2 * ((x + alpha) / w) to stay finite in float64.
+        r = np.clip(points + alpha32, 0.0, alpha32 + beta32)
+        width = alpha32 + beta32
+        middle = r * (0.1 + 0.8 * (r / width) / 2)
+        expected = (
+            0.1 * np.minimum(points + alpha32, 0.0)
+            + middle
+            + 0.9 * np.maximum(points - beta32, 0.0)
+        )
+        slope = np.where(
+            points <= -alpha32, 0.1, np.where(points >= beta32, 0.9, 0.1 + 0.8 * r / width)
+        )
+    assert not np.isnan(y.numpy()).any() and not np.isnan(dy.numpy()).any()
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=2 * F32_TINY)
+    np.testing.assert_allclose(dy.numpy(), slope, rtol=1e-5, atol=1e-6)
+
+
+def test_generalized_infinite_inputs_at_the_widest_width():
+    x = tf.constant([-np.inf, np.inf])
+    y = generalized_smelu(x, alpha=F32_MAX / 2, beta=F32_MAX / 2, negative_slope=0.1)
+    np.testing.assert_array_equal(y.numpy(), [-np.inf, np.inf])
+
+
+def test_per_channel_parameters_of_the_wrong_width_are_rejected_naming_them():
+    x = tf.ones([2, 4])
+    with pytest.raises(ValueError, match=r"`beta` must broadcast.*beta.shape=\(3,\)"):
+        smelu(x, beta=tf.ones([3]))
+    with pytest.raises(ValueError, match=r"`beta` must broadcast.*beta.shape=\(5, 4\)"):
+        smelu(x, beta=tf.ones([5, 4]))  # would broadcast the input to [5, 4]
+    with pytest.raises(ValueError, match=r"`negative_slope` must broadcast"):
+        generalized_smelu(x, negative_slope=tf.zeros([3]))
+    np.testing.assert_allclose(smelu(x, beta=tf.fill([4], 2.0)), smelu_reference(x, 2.0))
+
+
+@pytest.mark.parametrize("beta", [[-1.0], [np.nan], [1e39], np.array([1.0, 0.0, 2.0])])
+def test_host_array_widths_are_checked_like_numbers(beta):
+    with pytest.raises(ValueError, match=r"`beta` must hold finite numbers > 0"):
+        smelu(tf.ones([2, 3]), beta=beta)
+
+
+def test_host_array_parameters_work_per_channel():
+    x = np.linspace(-2.0, 2.0, 12).reshape(4, 3).astype("float32")
+    betas = np.array([0.5, 1.0, 2.0])
+    np.testing.assert_allclose(
+        smelu(x, beta=betas), smelu_reference(x, betas), rtol=1e-6, atol=1e-7
+    )
+    np.testing.assert_allclose(smelu(x, beta=[1.0]), smelu_reference(x, 1.0), rtol=1e-6)
+    with pytest.raises(TypeError, match=r"`beta` must be a number or a float tensor"):
+        smelu(x, beta=[True])
+    with pytest.raises(ValueError, match=r"`alpha \+ beta`.*Received: alpha=\[1.0, -1.0, 0.0\]"):
+        generalized_smelu(x, alpha=[1.0, -1.0, 0.0], beta=1.0)
+    with pytest.raises(ValueError, match=r"`offset` must hold finite numbers"):
+        generalized_smelu(x, offset=[0.0, np.inf, 0.0])

@@ -63,7 +63,8 @@ def test_no_command_is_a_usage_error(capsys):
         (["--activations", "gelu:2"], "gelu takes no parameter"),
         (["--activations", "relu,relu"], "activations repeat"),
         (["--hidden-units", "64,x"], "expected comma-separated layer widths"),
-        (["--replicas", "0"], "expected a positive integer"),
+        (["--replicas", "0"], "expected an integer >= 2, got '0'"),
+        (["--epochs", "0"], "expected a positive integer"),
         (["--vary", "data"], "invalid choice: 'data'"),
         (["--data", "a", "--dataset", "b"], "not allowed with argument"),
     ],
@@ -151,3 +152,78 @@ def test_demo_reads_a_ratings_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2,000 ratings" in out and "1 genres" in out  # u.data alone: no genre file
     _check_outputs(tmp_path / "o", ["gelu"], 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 11: every bad value is a usage error at parse time; small sizes work; nothing left behind.
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--learning-rate", "-1"], "argument --learning-rate: expected a number > 0, got '-1'"),
+        (["--learning-rate", "0"], "argument --learning-rate: expected a number > 0"),
+        (["--learning-rate", "nan"], "argument --learning-rate: expected a finite number"),
+        (["--learning-rate", "1e-50"], "argument --learning-rate: expected a number repr"),
+        (["--activations", "smelu:inf"], "argument --activations: smelu's beta: expected a finite"),
+        (["--activations", "relu,smelu:1e39"], "smelu's beta: expected a number representable"),
+        (["--activations", "generalized_smelu:nan"], "negative slope: expected a finite number"),
+        (["--synthetic-ratings", "1"], "argument --synthetic-ratings: expected an integer >= 100"),
+        (["--synthetic-ratings", "99"], "argument --synthetic-ratings: expected an integer >= 100"),
+        (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
+        (["--replicas", "1"], "argument --replicas: expected an integer >= 2, got '1'"),
+        (["--positive-threshold", "nan"], "argument --positive-threshold: expected a finite"),
+    ],
+)
+def test_bad_values_are_usage_errors_that_leave_nothing_behind(
+    capsys, monkeypatch, tmp_path, args, message
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("n_ratings", [100, 101, 999, 2000, 2499, 2500, 8000, 40_000])
+def test_every_accepted_synthetic_size_fits_its_users_and_items(n_ratings):
+    n_users, n_items = cli.synthetic_shape(n_ratings)
+    assert n_users <= n_ratings <= n_users * (n_items // 2)
+    assert len(synthetic_ratings(n_users, n_items, n_ratings, seed=0).ratings) == n_ratings
+
+
+def test_defaults_keep_their_documented_shape():
+    assert cli.synthetic_shape(40_000) == (1600, 800)  # the help's "1,600 users and 800 items"
+
+
+def test_a_data_file_too_small_to_test_on_is_a_one_line_error_leaving_nothing(
+    capsys, monkeypatch, tmp_path
+):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n1,10,4.0,100\n1,20,2.5,200\n2,10,5,300\n")
+    line = _one_line_error(capsys, ["--data", str(path)])
+    assert f"--data {path}: 3 ratings leave 1 for the test split" in line
+    assert "needs at least 8 ratings" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ratings.csv"]  # no ./tfsmooth-demo
+
+
+def test_a_failing_data_run_leaves_no_output_directory(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(capsys, ["--data", str(tmp_path / "missing.csv")])
+    _one_line_error(capsys, ["--data", str(tmp_path), "--output-dir", "deep/er"])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_smallest_synthetic_size_runs(tmp_path, capsys):
+    code = cli.main(
+        ["demo", "--synthetic-ratings", "100", "--replicas", "2", "--epochs", "1", "--quiet",
+         "--activations", "relu", "--output-dir", str(tmp_path / "o")]
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "synthetic: 100 ratings, 20 users, 10 items" in out
+    summary = pd.read_csv(tmp_path / "o" / "reproducibility_summary.csv")
+    assert (summary["failed"] == 0).all() and (summary["replicas"] == 2).all()

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 from conftest import requires_tfrs
 from helpers import assert_config_roundtrip
+from references import cross_reference
 
 from tfsmooth._keras import keras
 from tfsmooth.layers import Cross
@@ -14,10 +15,6 @@ from tfsmooth.layers import Cross
 RNG = np.random.default_rng(0)
 X0 = RNG.normal(size=(5, 6)).astype("float32")
 X1 = RNG.normal(size=(5, 6)).astype("float32")
-
-
-def cross_reference(x0, x, kernel, bias, diag_scale=0.0):
-    return x0 * (x @ kernel + bias + diag_scale * x) + x
 
 
 def _set_random_weights(layer, rng):
@@ -115,13 +112,40 @@ def test_keras_file_round_trip_in_a_stack(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match=r"`projection_dim` must be None or an integer >= 1"):
+    with pytest.raises(ValueError, match=r"`projection_dim` must be an integer >= 1"):
         Cross(projection_dim=0)
-    with pytest.raises(
-        ValueError, match=r"`diag_scale` must be a number >= 0. Received: diag_scale=-1"
-    ):
+    with pytest.raises(TypeError, match=r"`projection_dim` must be an integer or None"):
+        Cross(projection_dim=2.5)
+    with pytest.raises(ValueError, match=r"`diag_scale` must be >= 0. Received: diag_scale=-1"):
         Cross(diag_scale=-1)
+    with pytest.raises(ValueError, match=r"`diag_scale` must be a finite number.*nan"):
+        Cross(diag_scale=float("nan"))
+    with pytest.raises(ValueError, match=r"`diag_scale` must be representable in float32"):
+        Cross(diag_scale=1e39)
+    with pytest.raises(TypeError, match=r"`diag_scale` must be a number"):
+        Cross(diag_scale="0.5")
     with pytest.raises(TypeError, match=r"`use_bias` must be True or False"):
         Cross(use_bias="yes")
     with pytest.raises(ValueError, match=r"`x0` and `x` must have the same last dimension"):
         Cross()(X0, X1[:, :4])
+
+
+def test_numpy_scalars_are_accepted_like_python_ones():
+    layer = Cross(projection_dim=np.int64(2), diag_scale=np.float32(0.5), use_bias=np.True_)
+    config = layer.get_config()
+    assert (config["projection_dim"], config["diag_scale"], config["use_bias"]) == (2, 0.5, True)
+    assert type(config["projection_dim"]) is int
+
+
+def test_integer_inputs_are_crossed_as_numbers_not_returned_unchanged():
+    x0 = np.array([[1, 2, 0, -1, 3, 1], [0, 1, 1, 2, -2, 1]], np.int32)
+    layer = Cross(diag_scale=0.5)
+    layer.build((None, 6))
+    kernel, bias = _set_random_weights(layer, np.random.default_rng(1))
+    y = layer(tf.constant(x0))
+    assert y.dtype == tf.float32
+    expected = cross_reference(x0.astype("float64"), x0.astype("float64"), kernel, bias, 0.5)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        layer(tf.constant(x0, tf.int64), tf.constant(x0)), expected, rtol=1e-5, atol=1e-5
+    )

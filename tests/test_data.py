@@ -221,15 +221,55 @@ def test_synthetic_has_popularity_skew_and_genre_signal():
     "kwargs, message",
     [
         ({"n_users": 0}, r"`n_users` must be an integer >= 1. Received: n_users=0"),
-        ({"n_ratings": 10**9}, r"`n_ratings` must be <= n_users \* n_items / 2"),
+        ({"n_ratings": 10**9}, r"`n_ratings` must be <= n_users \* \(n_items // 2\)"),
+        # An odd item count: each user rates at most 5 of 11 items, so 20 users give at most 100
+        # (this used to loop forever placing the 101st rating).
+        (
+            {"n_users": 20, "n_items": 11, "n_ratings": 101},
+            r"`n_ratings` must be <= n_users \* \(n_items // 2\) = 100",
+        ),
         ({"noise": float("nan")}, r"`noise` must be a finite number"),
         ({"n_genres": 40}, r"`n_genres` must be <= 18"),
-        ({"seed": 1.5}, r"`seed` must be an integer"),
+        ({"seed": -1}, r"`seed` must be an integer >= 0.*Received: seed=-1"),
+        ({"n_ratings": 5, "n_users": 20}, r"`n_ratings` must be >= n_users = 20"),
+        ({"noise": -0.5}, r"`noise` must be >= 0"),
     ],
 )
 def test_synthetic_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         synthetic_ratings(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seed": 1.5}, r"`seed` must be an integer"),
+        ({"noise": "0.5"}, r"`noise` must be a number"),
+        ({"n_users": 2.0}, r"`n_users` must be an integer"),
+    ],
+)
+def test_synthetic_wrong_kinds_are_type_errors(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        synthetic_ratings(**kwargs)
+
+
+def test_synthetic_accepts_numpy_scalars():
+    data = synthetic_ratings(
+        n_users=np.int64(30), n_items=np.int32(20), n_ratings=np.int64(200), noise=np.float32(0.5),
+        seed=np.int64(3),
+    )  # fmt: skip
+    assert len(data.ratings) == 200 and data.n_users <= 30
+
+
+def test_synthetic_as_many_ratings_as_fit_works():
+    data = synthetic_ratings(n_users=20, n_items=11, n_ratings=100, seed=0)
+    assert (data.ratings.groupby("user_id").size() == 5).all()
+
+
+def test_synthetic_as_few_ratings_as_users_works():
+    data = synthetic_ratings(n_users=20, n_items=10, n_ratings=20, seed=0)
+    assert len(data.ratings) == 20
+    assert (data.ratings.groupby("user_id").size() == 1).all()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -290,7 +330,8 @@ def test_encode_ranking_without_items_uses_the_no_genre_column():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"test_fraction": 1.0}, r"`test_fraction` must be a number in \[0, 1\)"),
+        ({"test_fraction": 1.0}, r"`test_fraction` must be >= 0 and < 1"),
+        ({"seed": -1}, r"`seed` must be an integer >= 0.*Received: seed=-1"),
         ({"test_fraction": -0.1}, r"Received: test_fraction=-0.1"),
         ({"positive_threshold": float("inf")}, r"`positive_threshold` must be a finite number"),
     ],
@@ -305,3 +346,87 @@ def test_encode_ranking_needs_ratings():
         encode_ranking(_expected_frame())
     with pytest.raises(ValueError, match=r"`split` must be 'train' or 'test'"):
         encode_ranking(Ratings(_expected_frame())).features("validation")
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 11: values that used to be converted silently; byte order marks.
+
+BOM = b"\xef\xbb\xbf"
+
+
+def test_a_utf8_byte_order_mark_is_read_like_any_csv(tmp_path):
+    write_csv(tmp_path)
+    for name in ("ratings.csv", "movies.csv"):
+        (tmp_path / name).write_bytes(BOM + (tmp_path / name).read_bytes())
+    data = load_ratings(tmp_path)
+    pd.testing.assert_frame_equal(data.ratings, _expected_frame())
+    assert data.items.set_index("item_id")["genres"].to_dict() == GENRES
+
+
+def test_a_byte_order_mark_before_a_dat_file_is_read(tmp_path):
+    path = write_dat(tmp_path)
+    path.write_bytes(BOM + path.read_bytes())
+    pd.testing.assert_frame_equal(load_ratings(path).ratings, _expected_frame())
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ("1e30", "does not fit a 64-bit integer"),
+        ("9.3e18", "does not fit a 64-bit integer"),
+        ("964982703.5", "is not a whole number of seconds"),
+    ],
+)
+def test_timestamps_are_never_wrapped_or_truncated(tmp_path, value, reason):
+    path = write_csv(tmp_path)
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].rsplit(",", 1)[0] + f",{value}"
+    path.write_text("\n".join(lines) + "\n")
+    message = rf"{path.name} is malformed: timestamp '{value}' on data row 3 {reason}"
+    with pytest.raises(ValueError, match=message):
+        load_ratings(path)
+
+
+def test_whole_timestamps_keep_every_digit(tmp_path):
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n1,10,4.0,9007199254740993\n1,20,3,1e3\n")
+    assert load_ratings(path).ratings["timestamp"].tolist() == [9007199254740993, 1000]
+
+
+def test_nan_ratings_in_a_file_name_the_file_column_and_row(tmp_path):
+    path = write_csv(tmp_path)
+    path.write_text(path.read_text().replace(",3.5,", ",nan,"))
+    with pytest.raises(ValueError, match=rf"{path.name} is malformed: rating 'nan' on data row 2"):
+        load_ratings(path)
+
+
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("rating", np.nan, r"column 'rating' must hold a finite number. Received: nan on row 1"),
+        ("rating", np.inf, r"column 'rating' must hold a finite number. Received: inf on row 1"),
+        ("timestamp", 1e30, r"column 'timestamp' must hold a whole number.*1e\+30 on row 1"),
+        ("timestamp", 2.5, r"column 'timestamp' must hold a whole number.*2.5 on row 1"),
+    ],
+)
+def test_ratings_frames_reject_values_that_would_become_wrong_labels(column, value, message):
+    frame = _expected_frame()
+    frame[column] = frame[column].astype(np.float64)
+    frame.loc[1, column] = value
+    with pytest.raises(ValueError, match=r"`ratings` \('mine'\): " + message):
+        Ratings(frame, name="mine")
+
+
+def test_encode_ranking_seed_follows_the_contract():
+    data = Ratings(_expected_frame())
+    with pytest.raises(TypeError, match=r"`seed` must be an integer"):
+        encode_ranking(data, seed=1.0)
+    encoded = encode_ranking(data, seed=np.int64(1), test_fraction=np.float32(0.2))
+    assert len(encoded.test["label"]) == 1
+
+
+def test_ratings_must_be_data_frames():
+    with pytest.raises(TypeError, match=r"`ratings` must be a pandas DataFrame. Received: .*str"):
+        Ratings("ratings.csv")
+    with pytest.raises(TypeError, match=r"`items` must be a pandas DataFrame"):
+        Ratings(_expected_frame(), items=[1, 2])

@@ -10,7 +10,7 @@ from helpers import (
     export_saved_model,
     serve_in_clean_process,
 )
-from test_activations import generalized_reference, smelu_reference
+from references import generalized_reference, smelu_reference
 
 from tfsmooth._keras import IS_KERAS_3, keras
 from tfsmooth.activations import generalized_smelu, smelu
@@ -127,7 +127,7 @@ def test_forward_clamps_widths_even_without_constraints():
         (lambda: SmeLU(beta=-1), r"`beta` must be > 0. Received: beta=-1"),
         (lambda: SmeLU(min_beta=2.0), r"`min_beta` must be <= `beta`"),
         (lambda: SmeLU(per_channel=True), r"`per_channel=True` needs `learnable=True`"),
-        (lambda: GeneralizedSmeLU(alpha=-2.0), r"`alpha \+ beta`.*Received: alpha=-2.0, beta=1.0"),
+        (lambda: GeneralizedSmeLU(alpha=-2.0), r"`alpha \+ beta`.*Received: alpha=-2, beta=1"),
         (lambda: GeneralizedSmeLU(learnable=["gamma"]), r"unknown parameters \['gamma'\]"),
         (lambda: GeneralizedSmeLU(offset=float("inf")), r"`offset` must be a finite number"),
         (lambda: GeneralizedSmeLU(min_width=5.0), r"`min_width` must be <= alpha \+ beta"),
@@ -136,6 +136,51 @@ def test_forward_clamps_widths_even_without_constraints():
 def test_bad_arguments(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda: SmeLU(beta=1e39), ValueError, r"`beta` must be representable in float32"),
+        (lambda: SmeLU(beta=1e-46), ValueError, r"`beta` must be representable in float32"),
+        (lambda: SmeLU(min_beta=1e-40), ValueError, r"`min_beta` must be representable"),
+        (lambda: SmeLU(beta=float("nan")), ValueError, r"`beta` must be a finite number"),
+        (lambda: SmeLU(beta="wide"), TypeError, r"`beta` must be a number"),
+        (lambda: SmeLU(beta=None), TypeError, r"`beta` must be a number"),
+        (lambda: GeneralizedSmeLU(beta=1e-40, alpha=0.0), ValueError, r"`beta` must be repr"),
+        (lambda: GeneralizedSmeLU(alpha=3e38, beta=3e38), ValueError, r"`alpha \+ beta`.*float32"),
+        (lambda: GeneralizedSmeLU(offset="0"), TypeError, r"`offset` must be a number"),
+        (lambda: GeneralizedSmeLU(learnable=1), TypeError, r"`learnable` must be a bool"),
+    ],
+)
+def test_arguments_follow_the_validation_contract(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_numpy_scalars_are_accepted_like_python_ones():
+    layer = SmeLU(beta=np.float32(0.5), learnable=np.True_, per_channel=np.False_)
+    assert layer.get_config()["beta"] == 0.5 and layer.learnable is True
+    general = GeneralizedSmeLU(
+        alpha=np.int64(1), negative_slope=np.float64(0.1), learnable=np.True_
+    )
+    assert general.learnable == ("alpha", "beta", "negative_slope", "positive_slope", "offset")
+    np.testing.assert_allclose(
+        general(X), generalized_reference(X, 1.0, 1.0, 0.1, 1.0, 0.0), rtol=1e-5, atol=1e-6
+    )
+    assert GeneralizedSmeLU(learnable=np.False_).learnable == ()
+
+
+def test_an_infinite_learned_width_is_capped_at_the_largest_float32():
+    layer = SmeLU(beta=1.0, learnable=True)
+    layer.build((None, 6))
+    layer.beta_variable.assign(np.inf)
+    top = float(np.finfo(np.float32).max)
+    x = np.array([[-1.0, 0.0, 1.0, 2.0, -np.inf, np.inf]], np.float32)
+    # SmeLU at the widest width, in float64: (x + b) / 2 * ((x + b) / 2b).
+    expected = (x.astype(np.float64) + top) / 2 * ((x.astype(np.float64) + top) / (2 * top))
+    expected[0, 4:] = [0.0, np.inf]
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-6)
 
 
 def test_bad_argument_types():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import export_saved_model, serve_in_clean_process
-from test_activations import generalized_reference, smelu_reference
+from references import generalized_reference, numpy_forward, smelu_reference
 
 from tfsmooth._keras import keras
 from tfsmooth.activations import smelu
@@ -28,39 +28,6 @@ def _inputs(n=6, seed=0):
 
 def _weights(model):
     return {w.path if hasattr(w, "path") else w.name: w.numpy() for w in model.weights}
-
-
-def _layer_weights(model, name):
-    return [np.asarray(w) for w in model.get_layer(name).weights]
-
-
-def numpy_forward(model, inputs, activation, hidden, cross=False, layer_norm=False):
-    """The documented architecture computed in numpy from the model's weights."""
-    (user_table,) = _layer_weights(model, "user_embedding")
-    (item_table,) = _layer_weights(model, "item_embedding")
-    (genre_kernel,) = _layer_weights(model, "genre_projection")
-    x0 = np.concatenate(
-        [user_table[inputs["user"]], item_table[inputs["item"]], inputs["genres"] @ genre_kernel],
-        axis=1,
-    ).astype(np.float64)
-    x = x0
-    if cross:
-        kernel, bias = _layer_weights(model, "cross")
-        x = x0 * (x0 @ kernel + bias) + x0
-    if layer_norm:
-        gamma, beta = _layer_weights(model, "layer_norm")
-        mean, var = x.mean(axis=1, keepdims=True), x.var(axis=1, keepdims=True)
-        x = (x - mean) / np.sqrt(var + 1e-3) * gamma + beta
-    for index in range(len(hidden)):
-        kernel, bias = _layer_weights(model, f"hidden_{index}")
-        x = activation(x @ kernel + bias)
-    outputs = {}
-    kernel, bias = _layer_weights(model, "binary")
-    outputs["binary"] = 1.0 / (1.0 + np.exp(-(x @ kernel + bias)))
-    if "regression" in [layer.name for layer in model.layers]:
-        kernel, bias = _layer_weights(model, "regression")
-        outputs["regression"] = x @ kernel + bias
-    return outputs
 
 
 @pytest.mark.parametrize(
@@ -166,6 +133,10 @@ def test_seed_makes_initialisation_deterministic():
         ({"activation": 3}, TypeError, r"`activation` must be a name, a callable"),
         ({"activation": lambda: 3}, TypeError, r"must return a Keras layer"),
         ({"seed": -1}, ValueError, r"`seed` must be an integer >= 0"),
+        ({"n_items": 10.0}, TypeError, r"`n_items` must be an integer. Received: n_items=10.0"),
+        ({"embedding_dim": "8"}, TypeError, r"`embedding_dim` must be an integer"),
+        ({"seed": 1.0}, TypeError, r"`seed` must be an integer or None"),
+        ({"hidden_units": (64, 2.0)}, TypeError, r"`hidden_units` must be positive integers"),
     ],
 )
 def test_bad_arguments(kwargs, error, message):
@@ -273,3 +244,16 @@ def test_mirrored_strategy_matches_one_device(mirrored_strategy, small_data):
     distributed, single = train(mirrored_strategy), train(tf.distribute.get_strategy())
     for a, b in zip(distributed, single):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_numpy_integers_are_accepted_like_python_ones():
+    model = build_ranking_model(
+        np.int64(N_USERS), np.int64(N_ITEMS), np.int32(N_GENRES),
+        hidden_units=(np.int64(8),), embedding_dim=np.int64(4), seed=np.int64(1),
+    )  # fmt: skip
+    reference = build_ranking_model(
+        N_USERS, N_ITEMS, N_GENRES, hidden_units=(8,), embedding_dim=4, seed=1
+    )
+    assert model.count_params() == reference.count_params()
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from references import reference_split
 
 from tfsmooth.data import Ratings, synthetic_ratings
 from tfsmooth.data.sequences import build_sequences
@@ -47,35 +48,6 @@ def test_hand_built_split():
     np.testing.assert_array_equal(splits.test_labels, [2, 1])
     np.testing.assert_array_equal(splits.train_item_counts, [0, 0, 0, 0, 1, 1])
     assert splits.num_items == 5 and splits.num_users == 2 and splits.max_length == 3
-
-
-def reference_split(data: pd.DataFrame, max_length: int, min_interactions: int):
-    """A plain-Python leave-last-out, one user at a time."""
-    vocabulary = {}
-    users = {}
-    for user, group in data.groupby("user_id"):
-        if len(group) < min_interactions:
-            continue
-        ordered = sorted(zip(group["timestamp"], group.index, group["item_id"]))
-        users[user] = [item for _, _, item in ordered]
-    for item in sorted({i for s in users.values() for i in s}):
-        vocabulary[item] = len(vocabulary) + 1
-
-    def pad(values):
-        values = [vocabulary[v] for v in values][-max_length:]
-        return [0] * (max_length - len(values)) + values
-
-    out = {"valid_labels": [], "test_labels": [], "train_inputs": [], "train_labels": []}
-    out.update(valid_inputs=[], test_inputs=[])
-    for user in sorted(users):
-        s = users[user]
-        out["train_inputs"].append(pad(s[:-3]))
-        out["train_labels"].append(pad(s[1:-2]))
-        out["valid_inputs"].append(pad(s[:-2]))
-        out["test_inputs"].append(pad(s[:-1]))
-        out["valid_labels"].append(vocabulary[s[-2]])
-        out["test_labels"].append(vocabulary[s[-1]])
-    return {k: np.asarray(v) for k, v in out.items()}
 
 
 def test_synthetic_ratings_match_a_plain_python_split():

@@ -9,6 +9,7 @@ TensorFlow is imported only after the arguments are parsed, so ``--help`` is ins
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pathlib
 import sys
@@ -17,7 +18,6 @@ from collections.abc import Sequence
 
 DEFAULT_ACTIVATIONS = "relu,smelu:2,gelu,swish"
 DEFAULT_OUTPUT = "tfsmooth-demo"
-KNOWN_ACTIVATIONS = ("relu", "smelu", "generalized_smelu", "gelu", "swish", "softplus")
 
 DESCRIPTION = """\
 Measure reproducibility: train replicas of a ranking model with each activation on the same data,
@@ -53,6 +53,62 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: The fewest built-in ratings the demo accepts: below it the test split (a fifth) is too small to
+#: score replicas on.
+MIN_SYNTHETIC_RATINGS = 100
+
+#: The test split of the demo (as in the TFRS ranking tutorial).
+TEST_FRACTION = 0.2
+
+
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_replicas = _int_at_least(2, "an integer >= 2")
+_synthetic_count = _int_at_least(
+    MIN_SYNTHETIC_RATINGS, f"an integer >= {MIN_SYNTHETIC_RATINGS} (the demo's minimum)"
+)
+_seed = _int_at_least(0, "an integer >= 0")
+
+
+def _number(text: str, *, positive: bool = False) -> float:
+    """A finite number representable in float32 (``> 0`` when ``positive``), for argparse."""
+    from tfsmooth._validation import FLOAT32_MAX, FLOAT32_TINY
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or abs(value) == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    if positive and not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    if abs(value) > FLOAT32_MAX or 0 < abs(value) < FLOAT32_TINY:
+        raise argparse.ArgumentTypeError(
+            f"expected a number representable in float32 (a magnitude between "
+            f"{FLOAT32_TINY:.3g} and {FLOAT32_MAX:.3g}), got {text!r}"
+        )
+    return value
+
+
+def _finite(text: str) -> float:
+    return _number(text)
+
+
+def _positive_finite(text: str) -> float:
+    return _number(text, positive=True)
+
+
 def _units(text: str) -> tuple[int, ...]:
     try:
         units = tuple(int(part) for part in text.split(",") if part.strip())
@@ -69,9 +125,13 @@ def parse_activation(spec: str) -> tuple[str, str, float | None]:
     """``"smelu:2"`` -> ``("smelu(beta=2)", "smelu", 2.0)``; ``"gelu"`` -> ``("gelu", "gelu", None)``."""
     name, _, parameter = spec.strip().partition(":")
     name = name.strip().lower()
-    if name not in KNOWN_ACTIVATIONS:
+    # The one list of names, tfsmooth.models.ACTIVATIONS (imported here: it imports TensorFlow,
+    # which --help does not need).
+    from tfsmooth.models import ACTIVATIONS
+
+    if name not in ACTIVATIONS:
         raise argparse.ArgumentTypeError(
-            f"unknown activation {name!r}; choose from {', '.join(KNOWN_ACTIVATIONS)} "
+            f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)} "
             "(smelu:BETA and generalized_smelu:NEGATIVE_SLOPE take a parameter)"
         )
     if not parameter:
@@ -84,6 +144,11 @@ def parse_activation(spec: str) -> tuple[str, str, float | None]:
         raise argparse.ArgumentTypeError(f"expected a number after ':' in {spec!r}") from None
     if name == "smelu" and not value > 0:
         raise argparse.ArgumentTypeError(f"smelu's beta must be > 0, got {spec!r}")
+    try:
+        _number(parameter)
+    except argparse.ArgumentTypeError as error:
+        what = "smelu's beta" if name == "smelu" else "generalized_smelu's negative slope"
+        raise argparse.ArgumentTypeError(f"{what}: {error} in {spec!r}") from None
     label = f"smelu(beta={value:g})" if name == "smelu" else f"gsmelu(slope={value:g})"
     return label, name, value
 
@@ -132,10 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--synthetic-ratings",
-        type=_positive_int,
+        type=_synthetic_count,
         default=None,
         metavar="N",
-        help="number of built-in ratings, with N/25 users and N/50 items (default: 40000, i.e. "
+        help=f"number of built-in ratings, >= {MIN_SYNTHETIC_RATINGS}, with about N/25 users and "
+        "N/50 items (at least 20 users and enough items for N ratings) (default: 40000, i.e. "
         "1,600 users and 800 items)",
     )
     data.add_argument(
@@ -147,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--positive-threshold",
-        type=float,
+        type=_finite,
         default=4.0,
         metavar="R",
         help="a rating at or above R counts as liked, the binary label (default: 4)",
@@ -164,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     experiment.add_argument(
         "--replicas",
-        type=_positive_int,
+        type=_replicas,
         default=None,
         metavar="N",
         help="replicas per activation, >= 2 (default: 5)",
@@ -192,10 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     experiment.add_argument(
         "--learning-rate",
-        type=float,
+        type=_positive_finite,
         default=2e-3,
         metavar="LR",
-        help="Adam learning rate (default: 0.002)",
+        help="Adam learning rate, a finite number > 0 (default: 0.002)",
     )
     experiment.add_argument(
         "--hidden-units",
@@ -216,10 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     experiment.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=0,
         metavar="S",
-        help="first seed; replica i uses S + i (default: 0)",
+        help="first seed, >= 0; replica i uses S + i (default: 0)",
     )
     experiment.add_argument(
         "--quick",
@@ -251,7 +317,7 @@ def _load(args):
         ratings = tfdata.load_tfds(name)
     else:
         size = args.synthetic_ratings or (8_000 if args.quick else 40_000)
-        n_users, n_items = max(20, size // 25), max(10, size // 50)
+        n_users, n_items = synthetic_shape(size)
         ratings = tfdata.synthetic_ratings(
             n_users=n_users, n_items=n_items, n_ratings=size, seed=args.seed
         )
@@ -259,9 +325,30 @@ def _load(args):
     if limit and limit < len(ratings.ratings):
         sample = ratings.ratings.sample(n=limit, random_state=args.seed).sort_index()
         ratings = tfdata.Ratings(sample.reset_index(drop=True), ratings.items, ratings.name)
-    return ratings, tfdata.encode_ranking(
-        ratings, seed=args.seed, positive_threshold=args.positive_threshold
+    data = tfdata.encode_ranking(
+        ratings,
+        test_fraction=TEST_FRACTION,
+        seed=args.seed,
+        positive_threshold=args.positive_threshold,
     )
+    if len(data.test["label"]) < 2:
+        source = "--data" if args.data is not None else "--dataset"
+        raise ValueError(
+            f"{source} {args.data or args.dataset}: {len(ratings.ratings)} ratings leave "
+            f"{len(data.test['label'])} for the test split (a fifth); the demo needs at least "
+            f"{math.ceil(1.5 / TEST_FRACTION)} ratings"
+            + (" (raise --max-ratings)" if args.max_ratings else "")
+        )
+    return ratings, data
+
+
+def synthetic_shape(n_ratings: int) -> tuple[int, int]:
+    """Users and items for ``n_ratings`` built-in ratings: about N/25 users (at least 20) and N/50
+    items, with enough items that each user's share of the ratings fits half of them (the most
+    :func:`tfsmooth.data.synthetic_ratings` lets one user rate)."""
+    n_users = max(20, n_ratings // 25)
+    n_items = max(10, n_ratings // 50, 2 * math.ceil(n_ratings / n_users))
+    return n_users, n_items
 
 
 def _builder(data, args, name: str, parameter: float | None):
@@ -312,22 +399,19 @@ def run_demo(args) -> int:
     began = time.perf_counter()
     args.replicas = args.replicas or (3 if args.quick else 5)
     args.epochs = args.epochs or (2 if args.quick else 3)
-    if args.replicas < 2:
-        print("python -m tfsmooth demo: error: --replicas must be >= 2", file=sys.stderr)
-        return 2
     output_dir = pathlib.Path(args.output_dir).expanduser()
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        print(
-            f"python -m tfsmooth demo: error: cannot create --output-dir: {error}", file=sys.stderr
-        )
-        return 2
     try:
         ratings, data = _load(args)
     except (ValueError, TypeError, OSError, ImportError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"python -m tfsmooth demo: error: {message}", file=sys.stderr)
+        return 2
+    try:  # only once the data is good: a failed run leaves no empty directory behind
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(
+            f"python -m tfsmooth demo: error: cannot create --output-dir: {error}", file=sys.stderr
+        )
         return 2
 
     from tfsmooth.reproducibility import train_replicas

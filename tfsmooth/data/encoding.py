@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pandas as pd
 
+from tfsmooth._validation import check_float, check_seed
 from tfsmooth.data.ratings import Ratings
 
 __all__ = ["FEATURES", "RankingData", "encode_ranking"]
@@ -180,8 +180,10 @@ def encode_ranking(
         A :class:`RankingData`.
 
     Raises:
-        TypeError: if ``ratings`` is not a :class:`Ratings`.
-        ValueError: for ``test_fraction`` outside ``[0, 1)``, a non-finite threshold, or no ratings.
+        TypeError: if ``ratings`` is not a :class:`Ratings`, a fraction or threshold is not a
+            number, or ``seed`` is not an integer.
+        ValueError: for ``test_fraction`` outside ``[0, 1)``, a non-finite threshold, a negative
+            ``seed``, or no ratings.
 
     Example:
 
@@ -195,23 +197,9 @@ def encode_ranking(
             f"`ratings` must be a tfsmooth.data.Ratings. Received: ratings of type "
             f"{type(ratings).__name__}"
         )
-    if (
-        isinstance(test_fraction, bool)
-        or not isinstance(test_fraction, (int, float))
-        or not 0.0 <= test_fraction < 1.0
-    ):
-        raise ValueError(
-            f"`test_fraction` must be a number in [0, 1). Received: test_fraction={test_fraction!r}"
-        )
-    if (
-        isinstance(positive_threshold, bool)
-        or not isinstance(positive_threshold, (int, float))
-        or not math.isfinite(positive_threshold)
-    ):
-        raise ValueError(
-            "`positive_threshold` must be a finite number. "
-            f"Received: positive_threshold={positive_threshold!r}"
-        )
+    test_fraction = check_float("test_fraction", test_fraction, 0.0, 1.0, max_inclusive=False)
+    positive_threshold = check_float("positive_threshold", positive_threshold)
+    seed = check_seed("seed", seed, allow_none=False)
     frame = ratings.ratings
     total = len(frame)
     if total == 0:

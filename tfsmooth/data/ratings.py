@@ -54,6 +54,9 @@ NO_GENRES = "(no genres listed)"
 _RATINGS_NAMES = ("ratings.csv", "ratings.dat", "u.data")
 _COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 
+#: The UTF-8 byte order mark some editors (and Excel) write at the start of a CSV file.
+_BOM = b"\xef\xbb\xbf"
+
 
 @dataclasses.dataclass
 class Ratings:
@@ -71,8 +74,12 @@ class Ratings:
     :func:`tfsmooth.data.synthetic_ratings` return one; wrap your own data by passing the frames.
 
     Raises:
+        TypeError: if ``ratings`` (or ``items``, when given) is not a pandas DataFrame.
         ValueError: if ``ratings`` lacks one of the columns ``user_id``, ``item_id``, ``rating``,
-            ``timestamp``, or ``items`` lacks ``item_id`` or ``genres``.
+            ``timestamp``, holds a rating that is not a finite number (NaN would silently become
+            label 0) or a timestamp that is not a whole number of seconds fitting ``int64``
+            (the message names the column, row and value), or ``items`` lacks ``item_id`` or
+            ``genres``.
 
     Example:
 
@@ -92,12 +99,20 @@ class Ratings:
     name: str = "ratings"
 
     def __post_init__(self):
+        for field in ("ratings", "items"):
+            value = getattr(self, field)
+            if not isinstance(value, pd.DataFrame) and not (field == "items" and value is None):
+                raise TypeError(
+                    f"`{field}` must be a pandas DataFrame. Received: {field} of type "
+                    f"{type(value).__name__}"
+                )
         missing = [c for c in _COLUMNS if c not in self.ratings.columns]
         if missing:
             raise ValueError(
                 f"`ratings` needs the columns {list(_COLUMNS)}. Received columns: "
                 f"{list(self.ratings.columns)} (missing {missing})"
             )
+        _check_values(self.ratings, self.name)
         if self.items is not None and not {"item_id", "genres"} <= set(self.items.columns):
             raise ValueError(
                 "`items` needs the columns ['item_id', 'genres']. Received columns: "
@@ -126,6 +141,25 @@ class Ratings:
             f"{self.name}: {self.n_ratings:,} ratings, {self.n_users:,} users, "
             f"{self.n_items:,} items, {share:.0%} rated >= 4"
         )
+
+
+def _check_values(frame: pd.DataFrame, name: str) -> None:
+    """Ratings must be finite numbers and timestamps whole seconds that fit int64."""
+    for column, whole in (("rating", False), ("timestamp", True)):
+        values = frame[column]
+        numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = ~np.isfinite(numeric)
+        if whole:
+            bad |= (numeric != np.floor(numeric)) | (np.abs(numeric) >= 2.0**63)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            value = values.iloc[row]
+            value = value.item() if isinstance(value, np.generic) else value
+            what = "a whole number of seconds that fits int64" if whole else "a finite number"
+            raise ValueError(
+                f"`ratings` ({name!r}): column {column!r} must hold {what}. Received: "
+                f"{value!r} on row {row} (index {values.index[row]!r})"
+            )
 
 
 def default_data_path() -> pathlib.Path | None:
@@ -168,7 +202,7 @@ def _first_line(path: pathlib.Path) -> str:
         raise ValueError(f"The ratings file {path} is empty")
     if b"\x00" in head:
         raise ValueError(f"{path} is a binary file, not a ratings file (csv, ::, or tab separated)")
-    text = head.decode("latin-1")
+    text = head[len(_BOM) :].decode("latin-1") if head.startswith(_BOM) else head.decode("latin-1")
     return next(line for line in text.splitlines() if line.strip())
 
 
@@ -221,6 +255,7 @@ def _read_table(path: pathlib.Path, text: Any, *, sep: str, header: Any) -> pd.D
         frame = pd.read_csv(
             text,
             sep=sep,
+            encoding="utf-8-sig" if isinstance(text, pathlib.Path) else None,
             header=header,
             names=None if header == 0 else list(_COLUMNS),
             dtype=str,
@@ -259,6 +294,31 @@ def _to_numbers(column: pd.Series, path: pathlib.Path, what: str, dtype) -> pd.S
     return numeric.astype(dtype)
 
 
+def _to_timestamps(column: pd.Series, path: pathlib.Path) -> pd.Series:
+    """Whole seconds as ``int64``: a fractional or out-of-range timestamp is an error, not rounded."""
+    numeric = _to_numbers(column, path, "timestamp", np.float64)
+    values = numeric.to_numpy()
+    # Floats at or beyond 2**63 do not fit int64 (casting them gives -9.2e18, silently).
+    bad = (values != np.floor(values)) | (np.abs(values) >= 2.0**63)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        reason = (
+            "does not fit a 64-bit integer of seconds"
+            if abs(values[row]) >= 2.0**63
+            else "is not a whole number of seconds"
+        )
+        raise ValueError(
+            f"{path} is malformed: timestamp {column.iloc[row]!r} on data row {row + 1} {reason}"
+        )
+    # Integer literals are parsed as integers (exact beyond 2**53, where float64 is not).
+    result = numeric.astype(np.int64)
+    text = column.astype(str).str.strip()
+    literal = text.str.fullmatch(r"[+-]?\d+").to_numpy(dtype=bool)
+    if literal.any():
+        result[literal] = text[literal].astype(np.int64).to_numpy()
+    return result
+
+
 def _normalise(frame: pd.DataFrame, path: pathlib.Path) -> pd.DataFrame:
     frame = frame.rename(columns=lambda c: str(c).strip().lower().replace("_", ""))
     rename = {"userid": "user_id", "movieid": "item_id", "itemid": "item_id"}
@@ -276,9 +336,7 @@ def _normalise(frame: pd.DataFrame, path: pathlib.Path) -> pd.DataFrame:
             "user_id": _to_ids(frame["user_id"], path, "user id"),
             "item_id": _to_ids(frame["item_id"], path, "item id"),
             "rating": _to_numbers(frame["rating"], path, "rating", np.float32),
-            "timestamp": _to_numbers(frame["timestamp"], path, "timestamp", np.float64).astype(
-                np.int64
-            ),
+            "timestamp": _to_timestamps(frame["timestamp"], path),
         }
     )
 
@@ -291,7 +349,9 @@ def _read_ratings(path: pathlib.Path, kind: str) -> pd.DataFrame:
     elif kind == "udata":
         frame = _read_table(path, path, sep="\t", header=None)
     else:  # "::" is not a single character; pandas' fast parser needs one.
-        text = path.read_text(encoding="latin-1").replace("::", "\t")
+        raw = path.read_bytes()
+        raw = raw[len(_BOM) :] if raw.startswith(_BOM) else raw
+        text = raw.decode("latin-1").replace("::", "\t")
         frame = _read_table(path, io.StringIO(text), sep="\t", header=None)
     return _normalise(frame, path)
 
@@ -308,7 +368,7 @@ def _split_genres(value: Any) -> list[str]:
 
 
 def _read_movies_csv(path: pathlib.Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     columns = {c.lower(): c for c in frame.columns}
     if "movieid" not in columns or "genres" not in columns:
         raise ValueError(f"{path} is malformed: expected the header movieId,title,genres")

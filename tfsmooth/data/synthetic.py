@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from tfsmooth._validation import check_int
+from tfsmooth._validation import check_float, check_int, check_seed
 from tfsmooth.data.ratings import Ratings
 
 __all__ = ["synthetic_ratings"]
@@ -35,14 +35,6 @@ _GENRE_NAMES = (
 
 _START = 946_684_800  # 2000-01-01, seconds
 _SPAN = 20 * 365 * 86_400  # twenty years
-
-
-def _check_float(name: str, value, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number. Received: {name}={value!r}")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={value!r}")
-    return float(value)
 
 
 def synthetic_ratings(
@@ -83,19 +75,21 @@ def synthetic_ratings(
     Args:
         n_users: number of users, ``>= 1``.
         n_items: number of items, ``>= 2``.
-        n_ratings: number of ratings, ``1 <= n_ratings <= n_users * n_items / 2``.
+        n_ratings: number of ratings, ``n_users <= n_ratings <= n_users * (n_items // 2)``.
         n_factors: dimension of the latent factors.
         n_genres: number of genres, ``1..18``.
         popularity_exponent: Zipf exponent of item popularity (0 = uniform).
         selection_strength: how strongly users pick items they like (0 = at random).
         noise: standard deviation of the rating noise, in stars.
-        seed: random seed; the same seed gives the same data.
+        seed: random seed, ``>= 0``; the same seed gives the same data.
 
     Returns:
         A :class:`Ratings` named ``"synthetic"`` with integer ids ``1..n`` and an ``items`` table.
 
     Raises:
-        ValueError: for counts out of range or non-finite parameters.
+        TypeError: for counts or a seed that are not integers, or parameters that are not numbers.
+        ValueError: for counts out of range, a negative seed, or parameters that are negative or
+            not finite.
 
     Example:
 
@@ -113,16 +107,20 @@ def synthetic_ratings(
         raise ValueError(
             f"`n_genres` must be <= {len(_GENRE_NAMES)}. Received: n_genres={n_genres}"
         )
-    if n_ratings > n_users * n_items // 2:
+    if n_ratings < n_users:
         raise ValueError(
-            f"`n_ratings` must be <= n_users * n_items / 2 = {n_users * n_items // 2} (each user "
-            f"rates an item at most once). Received: n_ratings={n_ratings}"
+            f"`n_ratings` must be >= n_users = {n_users} (every user rates at least one item). "
+            f"Received: n_ratings={n_ratings}"
         )
-    popularity_exponent = _check_float("popularity_exponent", popularity_exponent)
-    selection_strength = _check_float("selection_strength", selection_strength)
-    noise = _check_float("noise", noise)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
+    if n_ratings > n_users * (n_items // 2):
+        raise ValueError(
+            f"`n_ratings` must be <= n_users * (n_items // 2) = {n_users * (n_items // 2)} (each "
+            f"user rates at most half the items, each once). Received: n_ratings={n_ratings}"
+        )
+    popularity_exponent = check_float("popularity_exponent", popularity_exponent, 0.0)
+    selection_strength = check_float("selection_strength", selection_strength, 0.0)
+    noise = check_float("noise", noise, 0.0)
+    seed = check_seed("seed", seed, allow_none=False)
 
     rng = np.random.default_rng(int(seed))
     scale = 1.0 / math.sqrt(n_factors)

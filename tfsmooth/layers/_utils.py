@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Any
-
 import tensorflow as tf
 
 from tfsmooth._keras import keras
-
-
-def check_number(name: str, value: Any, *, positive: bool = False) -> float:
-    """Returns ``value`` as a float, or raises a ValueError naming the argument."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number. Received: {name}={value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"`{name}` must be > 0. Received: {name}={value!r}")
-    return float(value)
 
 
 def parameter_shape(input_shape, per_channel: bool, layer: str) -> tuple:

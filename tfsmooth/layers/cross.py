@@ -7,14 +7,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfsmooth._keras import keras, register_serializable
-
-
-def _check_positive_int_or_none(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be None or an integer >= 1. Received: {name}={value!r}")
-    return value
+from tfsmooth._validation import check_bool, check_float, check_int
 
 
 @register_serializable
@@ -43,9 +36,14 @@ class Cross(keras.layers.Layer):
         bias_regularizer: optional regularizer of ``b``.
         **kwargs: base ``Layer`` arguments.
 
+    Integer (or bool) inputs are cast to the layer's compute dtype, as ``Dense`` does.
+
     Raises:
-        ValueError: for a bad ``projection_dim`` or negative ``diag_scale``, or (at call time) ``x0``
-            and ``x`` of different widths.
+        TypeError: for a ``projection_dim`` that is not an integer, a ``diag_scale`` that is not a
+            number, a ``use_bias`` that is not a bool, or (at call time) non-numeric inputs.
+        ValueError: for ``projection_dim < 1``, a ``diag_scale`` that is negative, NaN, infinite
+            or not representable in float32, or (at call time) ``x0`` and ``x`` of different
+            widths.
 
     Example:
 
@@ -74,19 +72,9 @@ class Cross(keras.layers.Layer):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.projection_dim = _check_positive_int_or_none("projection_dim", projection_dim)
-        if (
-            isinstance(diag_scale, bool)
-            or not isinstance(diag_scale, (int, float))
-            or diag_scale < 0
-        ):
-            raise ValueError(
-                f"`diag_scale` must be a number >= 0. Received: diag_scale={diag_scale!r}"
-            )
-        self.diag_scale = float(diag_scale)
-        if not isinstance(use_bias, bool):
-            raise TypeError(f"`use_bias` must be True or False. Received: use_bias={use_bias!r}")
-        self.use_bias = use_bias
+        self.projection_dim = check_int("projection_dim", projection_dim, 1, allow_none=True)
+        self.diag_scale = check_float("diag_scale", diag_scale, 0.0, float32=True)
+        self.use_bias = check_bool("use_bias", use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
@@ -137,9 +125,20 @@ class Cross(keras.layers.Layer):
         )
         self.built = True
 
+    def _as_float(self, tensor, name: str):
+        tensor = tf.convert_to_tensor(tensor)
+        if tensor.dtype.is_floating:
+            return tensor
+        if tensor.dtype.is_integer or tensor.dtype == tf.bool:
+            # As Dense does: integer features are numbers; the kernel stays in floating point.
+            return tf.cast(tensor, self.compute_dtype)
+        raise TypeError(
+            f"`Cross` needs numeric inputs. Received: {name} of dtype {tensor.dtype.name}"
+        )
+
     def call(self, x0, x=None):
-        if x is None:
-            x = x0
+        x0 = self._as_float(x0, "x0")
+        x = x0 if x is None else self._as_float(x, "x")
         if x0.shape[-1] is not None and x.shape[-1] is not None and x0.shape[-1] != x.shape[-1]:
             raise ValueError(
                 f"`x0` and `x` must have the same last dimension. Received: "

@@ -9,17 +9,18 @@ import tensorflow as tf
 
 from tfsmooth import activations
 from tfsmooth._keras import keras, register_serializable
-from tfsmooth._validation import check_bool
+from tfsmooth._validation import check_bool, check_float, is_bool
+from tfsmooth.activations.parameters import check_width
 from tfsmooth.layers import _utils
 
 PARAMETERS = ("alpha", "beta", "negative_slope", "positive_slope", "offset")
 
 
 def _learnable_names(learnable: bool | Sequence[str]) -> tuple[str, ...]:
-    if learnable is True:
-        return PARAMETERS
-    if learnable is False or learnable is None:
+    if learnable is None:
         return ()
+    if is_bool(learnable):
+        return PARAMETERS if learnable else ()
     if isinstance(learnable, str) or not isinstance(learnable, Sequence):
         raise TypeError(
             "`learnable` must be a bool or a list of parameter names from "
@@ -62,7 +63,9 @@ class GeneralizedSmeLU(keras.layers.Layer):
         **kwargs: base ``Layer`` arguments.
 
     Raises:
-        ValueError: for non-finite parameters, ``alpha + beta <= 0``, ``min_width`` not in
+        TypeError: for parameters that are not numbers, or a ``learnable`` of the wrong kind.
+        ValueError: for parameters not finite or not representable in float32, ``alpha + beta``
+            not between 1.18e-38 and 3.4e38, ``min_width`` not in
             ``(0, alpha + beta]``, unknown learnable names, or ``per_channel`` without anything
             learnable.
 
@@ -93,13 +96,9 @@ class GeneralizedSmeLU(keras.layers.Layer):
         super().__init__(**kwargs)
         values = (alpha, beta, negative_slope, positive_slope, offset)
         for name, value in zip(PARAMETERS, values):
-            setattr(self, name, _utils.check_number(name, value))
-        if self.alpha + self.beta <= 0:
-            raise ValueError(
-                f"`alpha + beta` (the width of the transition region) must be > 0. "
-                f"Received: alpha={alpha!r}, beta={beta!r}"
-            )
-        self.min_width = _utils.check_number("min_width", min_width, positive=True)
+            setattr(self, name, check_float(name, value, float32=True))
+        check_width(self.alpha, self.beta)
+        self.min_width = check_float("min_width", min_width, 0.0, min_inclusive=False, float32=True)
         if self.min_width > self.alpha + self.beta:
             raise ValueError(
                 f"`min_width` must be <= alpha + beta. Received: min_width={min_width!r}, "
@@ -107,7 +106,7 @@ class GeneralizedSmeLU(keras.layers.Layer):
             )
         self.learnable = _learnable_names(learnable)
         self.per_channel = check_bool("per_channel", per_channel)
-        if per_channel and not self.learnable:
+        if self.per_channel and not self.learnable:
             raise ValueError(
                 "`per_channel=True` needs at least one learnable parameter. "
                 "Received: per_channel=True, learnable=False"

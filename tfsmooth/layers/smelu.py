@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tfsmooth import activations
 from tfsmooth._keras import keras, register_serializable
-from tfsmooth._validation import check_bool
+from tfsmooth._validation import FLOAT32_MAX, check_bool, check_float
 from tfsmooth.layers import _utils
 
 
@@ -25,7 +25,9 @@ class SmeLU(keras.layers.Layer):
     A thin shell over :func:`tfsmooth.activations.smelu`. With ``learnable=True`` the half-width
     ``beta`` is a weight (one scalar, or one per channel of the last axis with ``per_channel=True``)
     trained with the model; it is kept ``>= min_beta`` both by a constraint applied after every
-    optimizer step and by a clamp in the forward pass, so a learned width never reaches 0.
+    optimizer step and by a clamp in the forward pass, so a learned width never reaches 0; the
+    forward pass also caps it at the largest float32, 3.4e38 (an infinite width would make every
+    output infinite). A NaN width (after a NaN gradient step) is not hidden: the outputs are NaN.
 
     Args:
         beta: float. Half-width of the transition region (the initial value when learnable), ``> 0``.
@@ -36,8 +38,10 @@ class SmeLU(keras.layers.Layer):
         **kwargs: base ``Layer`` arguments (``name``, ``dtype``, ...).
 
     Raises:
-        ValueError: for a non-positive or non-finite ``beta``/``min_beta``, ``min_beta > beta``,
-            ``per_channel`` without ``learnable``, or an unknown channel dimension.
+        TypeError: for a ``beta``/``min_beta`` that is not a number, or flags that are not bools.
+        ValueError: for a ``beta``/``min_beta`` that is not ``> 0`` and representable in float32,
+            ``min_beta > beta``, ``per_channel`` without ``learnable``, or an unknown channel
+            dimension.
 
     Example:
 
@@ -64,15 +68,15 @@ class SmeLU(keras.layers.Layer):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.beta = _utils.check_number("beta", beta, positive=True)
+        self.beta = check_float("beta", beta, 0.0, min_inclusive=False, float32=True)
         self.learnable = check_bool("learnable", learnable)
         self.per_channel = check_bool("per_channel", per_channel)
-        self.min_beta = _utils.check_number("min_beta", min_beta, positive=True)
+        self.min_beta = check_float("min_beta", min_beta, 0.0, min_inclusive=False, float32=True)
         if self.min_beta > self.beta:
             raise ValueError(
                 f"`min_beta` must be <= `beta`. Received: min_beta={min_beta!r}, beta={beta!r}"
             )
-        if per_channel and not learnable:
+        if self.per_channel and not self.learnable:
             raise ValueError(
                 "`per_channel=True` needs `learnable=True` (a fixed width is the same for every "
                 "channel). Received: per_channel=True, learnable=False"
@@ -95,7 +99,10 @@ class SmeLU(keras.layers.Layer):
         if self.beta_variable is None:
             return activations.smelu(inputs, self.beta)
         beta = tf.convert_to_tensor(self.beta_variable)
-        return activations.smelu(inputs, tf.maximum(beta, tf.cast(self.min_beta, beta.dtype)))
+        # The clamp keeps the width where smelu is exact even if a step pushed it past float32's
+        # range (an infinite width would give infinite outputs); a NaN width stays NaN, visibly.
+        beta = tf.clip_by_value(beta, self.min_beta, FLOAT32_MAX)
+        return activations.smelu(inputs, beta)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -7,6 +7,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfsmooth import _keras
+from tfsmooth._validation import check_float
 
 __all__ = ["KINDS", "prediction_difference"]
 
@@ -19,6 +20,48 @@ CLASS_KINDS = ("l1", "top1")
 #: Below this, a prediction and its sum with the other count as zero (as in TensorFlow Model
 #: Analysis' symmetric prediction difference).
 EPSILON = 1e-7
+
+
+def check_epsilon(epsilon: Any) -> float:
+    """``epsilon`` of the relative kind: a number ``> 0`` representable in float32."""
+    return check_float("epsilon", epsilon, 0.0, min_inclusive=False, float32=True)
+
+
+@tf.autograph.experimental.do_not_convert  # Python branches on eager values (tf-keras autographs)
+def check_sample_weight(weights: Any, count: Any, dtype: tf.DType) -> tf.Tensor:
+    """One finite, non-negative weight per example, as a ``[N]`` tensor of ``dtype``.
+
+    Raises (eagerly a ``ValueError``; in a graph, a run-time assertion) for a count that differs from
+    ``count`` (an ``int``, or a scalar tensor), NaN/Inf or a negative weight.
+    """
+    weights = tf.reshape(tf.cast(_as_float(weights, "sample_weight"), dtype), [-1])
+    static = tf.get_static_value(count) if tf.is_tensor(count) else count
+    if static is not None and weights.shape[0] is not None and weights.shape[0] != static:
+        raise ValueError(
+            "`sample_weight` needs one weight per example. Received: "
+            f"sample_weight.shape={tuple(weights.shape)} for {int(static)} examples"
+        )
+    weights = check_finite(weights, "sample_weight")
+    if tf.executing_eagerly():
+        if bool(tf.reduce_any(weights < 0)):
+            raise ValueError(
+                "`sample_weight` must be >= 0. Received: sample_weight with minimum "
+                f"{float(tf.reduce_min(weights)):g}"
+            )
+        return weights
+    checks = [
+        tf.debugging.assert_non_negative(weights, message="`sample_weight` must be >= 0"),
+    ]
+    if static is None or weights.shape[0] is None:
+        checks.append(
+            tf.debugging.assert_equal(
+                tf.size(weights, out_type=tf.int64),
+                tf.cast(count, tf.int64),
+                message="`sample_weight` needs one weight per example",
+            )
+        )
+    with tf.control_dependencies(checks):
+        return tf.identity(weights)
 
 
 def check_kind(kind: Any) -> str:
@@ -36,6 +79,7 @@ def _as_float(value: Any, name: str) -> tf.Tensor:
     raise TypeError(f"`{name}` must hold numbers. Received: {name} of dtype {tensor.dtype.name}")
 
 
+@tf.autograph.experimental.do_not_convert
 def check_finite(tensor: tf.Tensor, name: str) -> tf.Tensor:
     """Raises (eagerly a ValueError) if ``tensor`` holds NaN or Inf; in a graph, an assertion."""
     if tf.executing_eagerly():
@@ -67,27 +111,40 @@ def check_same_shape(a: tf.Tensor, b: tf.Tensor, names=("a", "b")) -> None:
 
 
 def per_example_difference(
-    a: tf.Tensor, b: tf.Tensor, kind: str, epsilon: float = EPSILON
+    a: tf.Tensor, b: tf.Tensor, kind: str, epsilon: float = EPSILON, scale: Any = None
 ) -> tf.Tensor:
     """The per-example term of each kind, shape ``[N]`` (``l2``: the squared distance).
 
-    ``a`` and ``b`` are ``[N, ...]`` of one float dtype (for the class kinds, ``[N, C]``).
+    ``a`` and ``b`` are ``[N, ...]`` of one float dtype (for the class kinds, ``[N, C]``). The
+    differences are taken of halves, ``a / 2 - b / 2``, so that finite predictions never overflow
+    to inf - inf; for ``l2`` with a ``scale``, the squared distance is that of
+    ``(a / 2 - b / 2) / scale`` (give ``scale = l2_scale(a, b)``: the result times ``(2 scale)^2`` is
+    the squared distance, which itself overflows float32 beyond 1.8e19).
     """
     if kind in CLASS_KINDS:
         if kind == "l1":
             return 0.5 * tf.reduce_sum(tf.abs(a - b), axis=-1)
         return tf.cast(tf.not_equal(tf.argmax(a, axis=-1), tf.argmax(b, axis=-1)), a.dtype)
-    flat_a = tf.reshape(a, [tf.shape(a)[0], -1])
-    flat_b = tf.reshape(b, [tf.shape(b)[0], -1])
+    half_a = tf.reshape(a, [tf.shape(a)[0], -1]) * 0.5
+    half_b = tf.reshape(b, [tf.shape(b)[0], -1]) * 0.5
+    half_difference = tf.abs(half_a - half_b)
     if kind == "absolute":
-        return tf.reduce_mean(tf.abs(flat_a - flat_b), axis=1)
+        return tf.reduce_mean(half_difference, axis=1) * 2.0
     if kind == "l2":
-        return tf.reduce_sum(tf.square(flat_a - flat_b), axis=1)
-    numerator = 2.0 * tf.abs(flat_a - flat_b)
-    denominator = tf.abs(flat_a + flat_b)
-    both_zero = tf.logical_and(numerator < epsilon, denominator < epsilon)
-    ratio = numerator / tf.maximum(denominator, tf.cast(epsilon, a.dtype))
+        if scale is None:  # the plain squared distance
+            return tf.reduce_sum(tf.square(half_difference * 2.0), axis=1)
+        return tf.reduce_sum(tf.square(tf.math.divide_no_nan(half_difference, scale)), axis=1)
+    # relative: 2|a - b| / |a + b| = 2 |a/2 - b/2| / |a/2 + b/2|, "both zero" below epsilon.
+    half_sum = tf.abs(half_a + half_b)
+    both_zero = tf.logical_and(4.0 * half_difference < epsilon, 2.0 * half_sum < epsilon)
+    ratio = half_difference / tf.maximum(half_sum, tf.cast(0.5 * epsilon, a.dtype)) * 2.0
     return tf.reduce_mean(tf.where(both_zero, tf.zeros_like(ratio), ratio), axis=1)
+
+
+def l2_scale(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """The largest ``|a / 2 - b / 2|``: the scale of the ``l2`` kind's squared distances."""
+    # The maximum with 0 gives 0, not -inf, for no examples.
+    return tf.maximum(tf.reduce_max(tf.abs(a * 0.5 - b * 0.5)), tf.zeros((), a.dtype))
 
 
 def _examples(a: tf.Tensor, kind: str, name: str) -> tf.Tensor:
@@ -137,16 +194,19 @@ def prediction_difference(
         b: predictions of the other model, the same shape.
         kind: one of ``"absolute"``, ``"relative"``, ``"l2"``, ``"l1"``, ``"top1"``.
         sample_weight: optional non-negative weights ``[N]``.
-        epsilon: the "both zero" threshold of ``"relative"``.
+        epsilon: the "both zero" threshold of ``"relative"``, ``> 0`` (it floors the denominator).
 
     Returns:
-        A float scalar tensor (0 when the weights sum to 0).
+        A float scalar tensor (0 when the weights sum to 0 or there are no examples). Finite
+        predictions never overflow: differences are taken of halves, and ``"l2"`` is scaled by the
+        largest difference before squaring, so it is inf only if the true value exceeds float32.
 
     Raises:
-        ValueError: for an unknown ``kind``, shapes that differ, NaN/Inf in ``a``, ``b`` or the
-            weights, or negative weights (in a ``tf.function``, shape and NaN checks are run-time
-            assertions).
-        TypeError: for non-numeric inputs.
+        ValueError: for an unknown ``kind``, an ``epsilon`` that is not ``> 0``, shapes that
+            differ, NaN/Inf in ``a``, ``b`` or the weights, negative weights or a weight count that
+            differs from the example count (in a ``tf.function``, shape, NaN and sign checks are
+            run-time assertions).
+        TypeError: for non-numeric inputs or a non-numeric ``epsilon``.
 
     Example:
 
@@ -162,29 +222,21 @@ def prediction_difference(
           https://github.com/tensorflow/model-analysis)
     """
     kind = check_kind(kind)
+    epsilon = check_epsilon(epsilon)
     a, b = _as_float(a, "a"), _as_float(b, "b")
     dtype = a.dtype if a.dtype == b.dtype else tf.float32
     a, b = tf.cast(a, dtype), tf.cast(b, dtype)
     check_same_shape(a, b)
     a, b = _examples(a, kind, "a"), _examples(b, kind, "b")
     a, b = check_finite(a, "a"), check_finite(b, "b")
-    terms = per_example_difference(a, b, kind, epsilon)
+    scale = l2_scale(a, b) if kind == "l2" else None
+    terms = per_example_difference(a, b, kind, epsilon, scale)
     if sample_weight is None:
-        mean = tf.reduce_mean(terms) if terms.shape[0] != 0 else tf.zeros((), dtype)
+        mean = tf.math.divide_no_nan(
+            tf.reduce_sum(terms), tf.cast(tf.size(terms), dtype)
+        )  # 0 for no examples
     else:
-        weights = tf.cast(_as_float(sample_weight, "sample_weight"), dtype)
-        weights = tf.reshape(weights, [-1])
-        known = weights.shape[0] is not None and terms.shape[0] is not None
-        if known and weights.shape[0] != terms.shape[0]:
-            raise ValueError(
-                "`sample_weight` needs one weight per example. Received: "
-                f"sample_weight.shape={tuple(weights.shape)} for {terms.shape[0]} examples"
-            )
-        weights = check_finite(weights, "sample_weight")
-        if tf.executing_eagerly() and bool(tf.reduce_any(weights < 0)):
-            raise ValueError(
-                "`sample_weight` must be >= 0. Received: sample_weight with minimum "
-                f"{float(tf.reduce_min(weights)):g}"
-            )
+        weights = check_sample_weight(sample_weight, tf.shape(terms)[0], dtype)
         mean = tf.math.divide_no_nan(tf.reduce_sum(weights * terms), tf.reduce_sum(weights))
-    return tf.sqrt(mean) if kind == "l2" else mean
+    # l2: the root-mean-square of (a - b) is 2 scale sqrt(mean((a/2 - b/2) / scale)^2).
+    return tf.sqrt(mean) * scale * 2.0 if kind == "l2" else mean

@@ -12,7 +12,9 @@ from tfsmooth._keras import keras, register_serializable
 from tfsmooth.metrics.prediction_difference import (
     CLASS_KINDS,
     EPSILON,
+    check_epsilon,
     check_kind,
+    check_sample_weight,
     per_example_difference,
 )
 
@@ -53,13 +55,17 @@ class PredictionDifference(keras.metrics.Metric):
         kind: ``"relative"`` (default), ``"absolute"``, ``"l2"``, ``"l1"`` or ``"top1"``.
         reference: ``None``, or the stored reference predictions (array-like, ``[N]``, ``[N, 1]``
             or ``[N, C]``).
-        epsilon: the "both zero" threshold of the relative kind.
+        epsilon: the "both zero" threshold of the relative kind, ``> 0``.
         name: metric name.
-        dtype: dtype of the accumulators (``float32`` by default).
+        dtype: dtype of the accumulators and result (``float32`` by default; ``"l2"`` sums its
+            squared distances in ``float64``, where they cannot overflow).
 
     Raises:
-        ValueError: for an unknown ``kind``, a non-finite stored reference, or (at run time) a
-            batch whose shape does not match the reference.
+        TypeError: for a non-numeric ``epsilon``.
+        ValueError: for an unknown ``kind``, an ``epsilon`` that is not ``> 0``, a non-finite
+            stored reference, or (at run time) a batch whose shape does not match the reference,
+            or sample weights that are NaN/Inf, negative, or neither one per example nor one for
+            the batch.
 
     Example:
 
@@ -85,9 +91,7 @@ class PredictionDifference(keras.metrics.Metric):
     ):
         super().__init__(name=name, dtype=dtype, **kwargs)
         self.kind = check_kind(kind)
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon < 0:
-            raise ValueError(f"`epsilon` must be a number >= 0. Received: epsilon={epsilon!r}")
-        self.epsilon = float(epsilon)
+        self.epsilon = check_epsilon(epsilon)
         self.reference = None
         if reference is not None:
             values = np.asarray(reference, dtype=np.float32)
@@ -98,7 +102,14 @@ class PredictionDifference(keras.metrics.Metric):
                     f"{int(np.size(values) - np.isfinite(values).sum())} non-finite value(s)"
                 )
             self.reference = values
-        self.total = self.add_weight(name="total", shape=(), initializer="zeros")
+        # l2 sums squared distances, which overflow float32 beyond 1.8e19 but never float64 (the
+        # squares of float32 values stay below 1.2e77): its total is a float64.
+        self.total = self.add_weight(
+            name="total",
+            shape=(),
+            initializer="zeros",
+            **({"dtype": "float64"} if self.kind == "l2" else {}),
+        )
         self.weight_sum = self.add_weight(name="weight_sum", shape=(), initializer="zeros")
         self.position = self.add_weight(
             name="position", shape=(), initializer="zeros", dtype="int64"
@@ -132,7 +143,7 @@ class PredictionDifference(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_pred = tf.convert_to_tensor(y_pred)
-        dtype = self.total.dtype
+        dtype = self.total.dtype  # float64 for l2
         prediction = tf.cast(y_pred, dtype)
         if self.reference is not None:
             reference = tf.cast(self._stored_reference(prediction), dtype)
@@ -151,20 +162,25 @@ class PredictionDifference(keras.metrics.Metric):
             tf.shape(reference),
             message="`PredictionDifference`: predictions and reference differ in shape",
         )
-        terms = per_example_difference(prediction, reference, self.kind, self.epsilon)
         if sample_weight is None:
-            weights = tf.ones_like(terms)
+            weights = tf.ones([batch], dtype)
         else:
-            weights = tf.reshape(tf.cast(sample_weight, dtype), [-1])
-            weights = tf.broadcast_to(weights, tf.shape(terms))
+            weights = tf.cast(tf.convert_to_tensor(sample_weight), dtype)
+            if weights.shape.rank == 0:  # one weight for the whole batch
+                weights = tf.fill([batch], weights)
+            weights = check_sample_weight(weights, batch, dtype)
+        terms = per_example_difference(prediction, reference, self.kind, self.epsilon)
         self.total.assign_add(tf.reduce_sum(weights * terms))
-        self.weight_sum.assign_add(tf.reduce_sum(weights))
+        self.weight_sum.assign_add(tf.cast(tf.reduce_sum(weights), self.weight_sum.dtype))
 
     def result(self):
+        total = tf.convert_to_tensor(self.total)
         mean = tf.math.divide_no_nan(
-            tf.convert_to_tensor(self.total), tf.convert_to_tensor(self.weight_sum)
+            total, tf.cast(tf.convert_to_tensor(self.weight_sum), total.dtype)
         )
-        return tf.sqrt(mean) if self.kind == "l2" else mean
+        if self.kind == "l2":
+            return tf.cast(tf.sqrt(mean), self.weight_sum.dtype)
+        return mean
 
     def reset_state(self):
         for variable in (self.total, self.weight_sum, self.position):

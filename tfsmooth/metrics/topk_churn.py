@@ -7,7 +7,12 @@ from typing import Any
 import tensorflow as tf
 
 from tfsmooth import _keras
-from tfsmooth.metrics.prediction_difference import check_finite, check_same_shape
+from tfsmooth._validation import check_int
+from tfsmooth.metrics.prediction_difference import (
+    check_finite,
+    check_same_shape,
+    check_sample_weight,
+)
 
 __all__ = ["topk_churn"]
 
@@ -46,11 +51,13 @@ def topk_churn(scores_a: Any, scores_b: Any, k: int, sample_weight: Any = None) 
         sample_weight: optional non-negative weights per query ``[Q]``.
 
     Returns:
-        A float32 scalar tensor in ``[0, 1]``.
+        A float32 scalar tensor in ``[0, 1]`` (0 for no queries, or weights that sum to 0).
 
     Raises:
-        ValueError: for ``k`` out of range, shapes that differ or are not ``[Q, C]``, or NaN/Inf
-            scores.
+        TypeError: for a ``k`` that is not an integer.
+        ValueError: for ``k`` out of range, shapes that differ or are not ``[Q, C]``, NaN/Inf
+            scores, or weights that are NaN/Inf, negative, or not one per query (in a
+            ``tf.function``, run-time assertions).
 
     Example:
 
@@ -72,8 +79,7 @@ def topk_churn(scores_a: Any, scores_b: Any, k: int, sample_weight: Any = None) 
             f"Received: scores_a.shape={tuple(a.shape)}"
         )
     candidates = a.shape[-1]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"`k` must be an integer >= 1. Received: k={k!r}")
+    k = check_int("k", k, 1)
     if candidates is not None and k > candidates:
         raise ValueError(f"`k` must be <= the number of candidates ({candidates}). Received: k={k}")
     a, b = check_finite(a, "scores_a"), check_finite(b, "scores_b")
@@ -81,8 +87,7 @@ def topk_churn(scores_a: Any, scores_b: Any, k: int, sample_weight: Any = None) 
     top_b = tf.math.top_k(b, k=k, sorted=False).indices
     shared = _shared_counts(top_a, top_b, tf.shape(a)[1], k, candidates)
     churn = 1.0 - shared / float(k)
-    if sample_weight is None:
-        return tf.reduce_mean(churn)
-    weights = tf.reshape(tf.cast(tf.convert_to_tensor(sample_weight), tf.float32), [-1])
-    weights = check_finite(weights, "sample_weight")
+    if sample_weight is None:  # 0 for no queries, as prediction_difference
+        return tf.math.divide_no_nan(tf.reduce_sum(churn), tf.cast(tf.size(churn), tf.float32))
+    weights = check_sample_weight(sample_weight, tf.shape(churn)[0], tf.float32)
     return tf.math.divide_no_nan(tf.reduce_sum(weights * churn), tf.reduce_sum(weights))

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tfsmooth._keras import keras
+from tfsmooth._validation import check_int, check_seed, is_integer
 
 __all__ = [
     "ACTIVATIONS",
@@ -17,7 +18,8 @@ __all__ = [
     "ranking_metrics",
 ]
 
-#: Activation names :func:`build_ranking_model` knows (any other Keras activation name works too).
+#: Activation names :func:`build_ranking_model` knows (any other Keras activation name works too);
+#: the one list: ``python -m tfsmooth demo --activations`` offers these.
 ACTIVATIONS = ("relu", "smelu", "generalized_smelu", "gelu", "swish", "softplus")
 
 #: The heads a ranking model can have: ``"binary"`` (P(rating >= 4)) and ``"regression"`` (rating).
@@ -121,11 +123,15 @@ def _check_units(hidden_units: Any) -> tuple[int, ...]:
             f"{hidden_units!r}"
         )
     units = tuple(hidden_units)
-    if any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units):
+    if not all(is_integer(u) for u in units):
+        raise TypeError(
+            f"`hidden_units` must be positive integers. Received: hidden_units={hidden_units!r}"
+        )
+    if any(u < 1 for u in units):
         raise ValueError(
             f"`hidden_units` must be positive integers. Received: hidden_units={hidden_units!r}"
         )
-    return units
+    return tuple(int(u) for u in units)
 
 
 def _check_tasks(tasks: Any) -> tuple[str, ...]:
@@ -137,12 +143,6 @@ def _check_tasks(tasks: Any) -> tuple[str, ...]:
             f"`tasks` must be distinct names from {list(TASKS)}. Received: tasks={list(tasks)!r}"
         )
     return tasks
-
-
-def _check_size(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    return value
 
 
 class _Seeds:
@@ -216,8 +216,9 @@ def build_ranking_model(
         see :func:`ranking_losses` and :func:`ranking_metrics`.
 
     Raises:
-        ValueError: for sizes < 1, unknown tasks or activation names.
-        TypeError: for an activation that is neither name, callable nor layer factory.
+        ValueError: for sizes < 1, a negative seed, unknown tasks or activation names.
+        TypeError: for sizes or a seed that are not integers (numpy integers are accepted), or an
+            activation that is neither name, callable nor layer factory.
 
     Example:
 
@@ -233,14 +234,13 @@ def build_ranking_model(
     """
     from tfsmooth.layers import Cross
 
-    n_users = _check_size("n_users", n_users)
-    n_items = _check_size("n_items", n_items)
-    n_genres = _check_size("n_genres", n_genres)
-    embedding_dim = _check_size("embedding_dim", embedding_dim)
+    n_users = check_int("n_users", n_users, 1)
+    n_items = check_int("n_items", n_items, 1)
+    n_genres = check_int("n_genres", n_genres, 1)
+    embedding_dim = check_int("embedding_dim", embedding_dim, 1)
     units = _check_units(hidden_units)
     tasks = _check_tasks(tasks)
-    if seed is not None:
-        _check_size("seed", seed, minimum=0)
+    seed = check_seed("seed", seed)
     make_activation(activation)  # validate once, before building anything
     init = _Seeds(seed)
 
