@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from tfsmooth import metrics
 from tfsmooth._keras import keras
 from tfsmooth.data import encode_ranking, synthetic_ratings
 from tfsmooth.models import build_ranking_model, ranking_losses
@@ -58,7 +59,94 @@ def test_pairwise_pd_and_jackknife_error_by_hand():
     jackknife = np.sqrt(3 / 4 * np.sum((np.array(leave_out) - np.mean(leave_out)) ** 2))
     assert error == pytest.approx(jackknife, rel=1e-5)
     assert math.isnan(pairwise_prediction_difference(predictions[:2])[1])  # 2 replicas: no error
-    assert math.isnan(pairwise_prediction_difference(predictions[:1])[0])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Silent faults (issue 12): each of these returned a number, or an error naming nothing passed.
+
+
+def test_exact_metrics_are_the_ones_in_tfsmooth_metrics():
+    assert metrics.auc_score is auc_score
+    assert metrics.log_loss is log_loss
+    assert metrics.rmse is rmse
+
+
+def test_auc_of_a_nan_score_is_nan_not_a_ranking_of_the_rest():
+    labels = np.array([0, 1, 0, 1, 1])
+    scores = np.array([0.1, 0.8, 0.3, 0.6, 0.9])
+    # numpy reference on the finite scores: every positive above every negative.
+    pairs = [(p > n) + 0.5 * (p == n) for p in scores[labels == 1] for n in scores[labels == 0]]
+    assert auc_score(labels, scores) == pytest.approx(np.mean(pairs)) == 1.0
+    for bad in (np.nan, np.inf, -np.inf):
+        scores_with_bad = scores.copy()
+        scores_with_bad[0] = bad
+        assert math.isnan(auc_score(labels, scores_with_bad)), bad
+
+
+@pytest.mark.parametrize("bad", [np.nan, 0.7, 2.0, -1.0])
+def test_auc_rejects_labels_that_are_not_0_or_1(bad):
+    labels = np.array([0.0, 1.0, 0.0, 1.0])
+    labels[2] = bad
+    with pytest.raises(ValueError, match=r"`labels` must each be 0 or 1. Received: labels with 1"):
+        auc_score(labels, np.array([0.1, 0.8, 0.3, 0.6]))
+
+
+@pytest.mark.parametrize("epsilon", [-1.0, 0.0, 0.5, 0.7, np.nan, np.inf])
+def test_log_loss_checks_epsilon(epsilon):
+    with pytest.raises(ValueError, match=r"`epsilon` must be"):
+        log_loss([1, 0], [0.9, 0.2], epsilon=epsilon)
+    with pytest.raises(TypeError, match=r"`epsilon` must be a number"):
+        log_loss([1, 0], [0.9, 0.2], epsilon="small")
+    # An accepted epsilon is the clipping margin: p = 0 counts as epsilon.
+    assert log_loss([1], [0.0], epsilon=np.float32(0.25)) == pytest.approx(-np.log(0.25))
+
+
+def test_nan_in_log_loss_or_rmse_gives_nan():
+    assert math.isnan(log_loss([1, 0], [np.nan, 0.2]))
+    assert math.isnan(log_loss([np.nan, 0], [0.9, 0.2]))
+    assert math.isnan(rmse([1.0, 2.0], [np.nan, 2.0]))
+
+
+def test_exact_metrics_name_both_arrays_when_lengths_differ():
+    lengths = r"must have the same length. Received: "
+    with pytest.raises(
+        ValueError,
+        match=rf"`predictions` and `targets` {lengths}len\(predictions\)=3, len\(targets\)=5",
+    ):
+        rmse(np.zeros(5), np.zeros(3))
+    with pytest.raises(
+        ValueError, match=rf"`labels` and `scores` {lengths}len\(labels\)=5, len\(scores\)=3"
+    ):
+        auc_score(np.zeros(5), np.zeros(3))
+    with pytest.raises(ValueError, match=rf"`labels` and `probabilities` {lengths}len\(labels\)=2"):
+        log_loss(np.zeros(2), np.zeros(4))
+
+
+def test_pairwise_pd_needs_two_replicas():
+    predictions = np.array([[0.1, 0.8, 0.3]])
+    with pytest.raises(ValueError, match=r"`predictions` needs at least 2 replicas.*\(1, 3\)"):
+        pairwise_prediction_difference(predictions)
+    with pytest.raises(ValueError, match=r"`predictions` needs at least 2 replicas"):
+        pairwise_prediction_difference(np.zeros((0, 3)))
+
+
+def test_pairwise_pd_names_the_replica_with_nan():
+    predictions = np.array([[0.1, 0.8, 0.3], [0.2, 0.7, 0.3], [0.2, 0.7, np.nan]])
+    with pytest.raises(ValueError, match=r"`predictions` must be finite.*replica 2 with 1 NaN"):
+        pairwise_prediction_difference(predictions)
+    with pytest.raises(ValueError, match=r"`kind` must be one of"):
+        pairwise_prediction_difference(predictions[:1], kind="nope")
+
+
+@pytest.mark.parametrize("enabled", ["yes", 1, None])
+def test_op_determinism_takes_only_a_bool(enabled):
+    from tensorflow.python.framework import config
+
+    with pytest.raises(TypeError, match=r"`enabled` must be True or False"):
+        op_determinism(enabled)
+    assert not config.is_op_determinism_enabled()
+    with op_determinism(np.False_):  # numpy bools are bools
+        assert not config.is_op_determinism_enabled()
 
 
 def test_op_determinism_is_restored():
@@ -82,9 +170,15 @@ def data():
 def _builder(data, activation="relu", tasks=("binary",)):
     def build(seed):
         model = build_ranking_model(
-            data.n_users, data.n_items, data.n_genres, activation=activation,
-            hidden_units=(8,), embedding_dim=4, tasks=tasks, seed=seed,
-        )  # fmt: skip
+            data.n_users,
+            data.n_items,
+            data.n_genres,
+            activation=activation,
+            hidden_units=(8,),
+            embedding_dim=4,
+            tasks=tasks,
+            seed=seed,
+        )
         model.compile(optimizer=keras.optimizers.Adam(0.01), loss=ranking_losses(tasks))
         return model
 
@@ -262,3 +356,36 @@ def test_bad_arguments(data):
     with pytest.raises(ValueError, match=r"pass `output` to pick"):
         train_replicas(build, train, two_outputs)
     assert not tf.config.list_logical_devices("GPU")  # the tests run on CPU only
+
+
+def test_empty_train_or_test_data_is_rejected_before_any_replica_trains(data):
+    """Keras' predict on no rows failed every replica with UnboundLocalError (issue 11)."""
+    train, test = _splits(data)
+
+    def no_rows(split):
+        features, targets = split
+        return (
+            {key: value[:0] for key, value in features.items()},
+            {key: value[:0] for key, value in targets.items()},
+        )
+
+    with pytest.raises(ValueError, match=r"`test` has no rows. Received: test with 0 examples"):
+        train_replicas(_builder(data), train, no_rows(test), replicas=2)
+    with pytest.raises(ValueError, match=r"`train` has no rows"):
+        train_replicas(_builder(data), no_rows(train), test, replicas=2)
+
+
+def test_targets_that_cannot_be_scored_are_rejected_before_any_replica_trains(data):
+    """NaN test targets made every replica's metrics NaN; soft labels were ranked as > 0.5."""
+    train, test = _splits(data)
+    features, targets = test
+    nan_targets = {"binary": np.where(np.arange(len(targets["binary"])) == 3, np.nan, 1.0)}
+    with pytest.raises(ValueError, match=r"`test` targets must be finite.*1 NaN or Inf"):
+        train_replicas(_builder(data), train, (features, nan_targets), progress=False)
+    soft = {"binary": np.full(len(targets["binary"]), 0.7)}
+    with pytest.raises(ValueError, match=r"`test` targets must be 0 or 1 for task='binary'"):
+        train_replicas(_builder(data), train, (features, soft), task="binary", progress=False)
+    with pytest.raises(ValueError, match=r"`validation` targets must be finite"):
+        train_replicas(_builder(data), train, test, validation=(features, nan_targets))
+    with pytest.raises(TypeError, match=r"`deterministic` must be True or False"):
+        train_replicas(_builder(data), train, test, deterministic="yes")
