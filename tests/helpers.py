@@ -1,4 +1,6 @@
-"""Assertions shared by the test files: whole-config round trips and serving without tfsmooth."""
+"""Shared by the test files: data makers, small training loops and assertions (whole-config round
+trips, serving without tfsmooth, the top-k property). Independent references live in
+``references.py``."""
 
 from __future__ import annotations
 
@@ -128,3 +130,124 @@ def public_objects():
             except ImportError:
                 continue
             yield f"{submodule}.{name}", obj
+
+
+def assert_exact_top_k(indices, scores, reference, k, tol=1e-5) -> None:
+    """The top-k property against ``references.brute_force_scores``, robust to float rounding.
+
+    Each row holds ``k`` distinct allowed candidates (reference score > -inf), best first, with the
+    reference's scores, and no candidate left out scores above the last one returned -- so two
+    candidates whose scores differ by less than the rounding may come in either order.
+    """
+    indices, scores = np.asarray(indices), np.asarray(scores)
+    assert indices.shape == scores.shape == (reference.shape[0], k), (indices.shape, k)
+    for row in range(reference.shape[0]):
+        ids = indices[row]
+        assert len(set(ids.tolist())) == k, ids
+        assert np.all(np.isfinite(reference[row, ids])), "an excluded candidate was returned"
+        np.testing.assert_allclose(scores[row], reference[row, ids], rtol=tol, atol=tol)
+        assert np.all(np.diff(scores[row]) <= tol), "not best first"
+        left_out = np.delete(reference[row], ids)
+        assert left_out.max(initial=-np.inf) <= scores[row, -1] + tol
+
+
+# ----------------------------------------------------------------------------------------------------
+# Catalog losses: queries, an item table and labels.
+
+
+def make_inputs(rng, n=64, c=500, d=16, scale=1.0, dtype=np.float32):
+    """``(queries [n, d], items [c, d], labels [n])`` drawn from ``rng`` for the catalog losses."""
+    queries = (rng.normal(size=(n, d)) * scale).astype(dtype)
+    items = (rng.normal(size=(c, d)) * 0.5).astype(dtype)
+    labels = rng.integers(0, c, size=n).astype(np.int32)
+    return queries, items, labels
+
+
+# ----------------------------------------------------------------------------------------------------
+# Optimizers: a dense kernel, a sparse table and a bias, stepped with apply_gradients or fit.
+
+#: The dense kernel's and the embedding table's shapes the optimizer step helpers use.
+KERNEL_SHAPE, TABLE_SHAPE = (5, 3), (12, 3)
+
+
+def make_steps(rng, count, duplicates=True):
+    """``count`` steps of ``[dense kernel gradient, (table indices, values), bias gradient]``."""
+    steps = []
+    for _ in range(count):
+        dense = rng.normal(size=KERNEL_SHAPE) * 10 ** rng.uniform(-2, 1)
+        indices = rng.integers(0, TABLE_SHAPE[0], size=6 if duplicates else 4)
+        if not duplicates:
+            indices = rng.choice(TABLE_SHAPE[0], size=4, replace=False)
+        values = rng.normal(size=(len(indices), TABLE_SHAPE[1])) * 10 ** rng.uniform(-2, 1)
+        bias = rng.normal(size=KERNEL_SHAPE[1])
+        steps.append([dense, (indices, values), bias])
+    return steps
+
+
+def initial_values(rng):
+    """Initial kernel, table and a zero-initialised bias for :func:`make_steps`."""
+    return [
+        rng.normal(size=KERNEL_SHAPE),
+        rng.normal(size=TABLE_SHAPE) * 0.05,
+        np.zeros(KERNEL_SHAPE[1]),  # a zero-initialised bias
+    ]
+
+
+def run_steps(optimizer, initial, steps, dtype="float32"):
+    """Applies ``steps`` (table gradients as ``tf.IndexedSlices``) in a tf.function; the weights."""
+    variables = [tf.Variable(np.asarray(v, dtype)) for v in initial]
+
+    @tf.function
+    def apply(dense, indices, values, bias):
+        sparse = tf.IndexedSlices(values, indices, tf.constant(TABLE_SHAPE, tf.int64))
+        optimizer.apply_gradients(zip([dense, sparse, bias], variables))
+
+    for dense, (indices, values), bias in steps:
+        apply(
+            tf.constant(dense, dtype),
+            tf.constant(indices, tf.int32),
+            tf.constant(values, dtype),
+            tf.constant(bias, dtype),
+        )
+    return [v.numpy() for v in variables]
+
+
+def make_data(rng, n=96):
+    """``({"user", "features"}, labels)`` for :func:`make_model`."""
+    users = rng.integers(0, 20, size=n).astype("int32")
+    features = rng.normal(size=(n, 3)).astype("float32")
+    labels = (features.sum(1, keepdims=True) + 0.1 * (users[:, None] % 3)).astype("float32")
+    return {"user": users, "features": features}, labels
+
+
+def make_model(seed=0):
+    """A small model with an embedding (sparse gradients) and two dense layers, seeded."""
+    user = keras.Input(shape=(), dtype="int32", name="user")
+    features = keras.Input(shape=(3,), name="features")
+    embedded = keras.layers.Embedding(
+        20, 4, embeddings_initializer=keras.initializers.RandomUniform(seed=seed), name="embedding"
+    )(user)
+    x = keras.layers.Concatenate()([embedded, features])
+    x = keras.layers.Dense(
+        8, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1)
+    )(x)
+    out = keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2))(
+        x
+    )
+    return keras.Model({"user": user, "features": features}, out)
+
+
+def fit(model, data, steps, batch_size=16):
+    """``steps`` batches of ``data`` through ``model.fit``, in order."""
+    x, y = data
+    count = steps * batch_size
+    x = {k: v[:count] for k, v in x.items()}
+    model.fit(x, y[:count], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+
+
+def assert_same_state(a, b):
+    """Two models' weights and optimizer variables are equal, bit for bit."""
+    for x, y in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(a.optimizer.variables, b.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -209,7 +209,13 @@ def test_non_finite_loss_stops_and_restores_the_start(rng):
     for a, b in zip(model.get_weights(), initial):
         np.testing.assert_array_equal(a, b)
     assert int(model.optimizer.iterations) == 0
-    assert divergence["first_layer"].split("/")[-1] in ("hidden", "top")
+    # The loss turns non-finite before any layer has a baseline (5 readings), so both layers' onsets
+    # are that step, with equal (infinite) jumps: the tie goes to the bottom layer, `hidden`.
+    step = divergence["step"]
+    onsets = {name.split("/")[-1]: at for name, at in divergence["layer_onsets"].items()}
+    assert step < 5 and onsets == {"hidden": step, "top": step}, (step, onsets)
+    assert divergence["first_layer"].split("/")[-1] == "hidden"
+    assert divergence["first_layer_step"] == step
     assert history.history["nonfinite_losses"] == [1.0]
 
 

@@ -9,39 +9,13 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+from references import reference_spikes
 
 from tfsmooth._keras import keras
 from tfsmooth.callbacks.events import EventWriter
 from tfsmooth.callbacks.layer_onsets import LayerOnsetTracker
 from tfsmooth.callbacks.snapshots import SnapshotStore
 from tfsmooth.callbacks.spike_detector import SpikeDetector
-
-
-def reference_spikes(losses, factor, patience, decay, warmup):
-    """A direct transcription of the rule: the reference is the EMA of healthy losses once
-    ``warmup`` healthy ones were seen, before that their plain mean (from the third on)."""
-    healthy, average, streak, flags, diverged_at = [], None, 0, [], None
-    for step, loss in enumerate(losses):
-        if not math.isfinite(loss):
-            spike = True
-        else:
-            if len(healthy) >= warmup:
-                reference = average
-            elif len(healthy) >= 3:
-                reference = sum(healthy) / len(healthy)
-            else:
-                reference = None
-            spike = reference is not None and reference > 0 and loss > factor * reference
-        flags.append(spike)
-        if spike:
-            streak += 1
-        else:
-            streak = 0
-            healthy.append(loss)
-            average = loss if average is None else decay * average + (1 - decay) * loss
-        if diverged_at is None and (not math.isfinite(loss) or streak >= patience):
-            diverged_at = step
-    return flags, average, diverged_at
 
 
 @pytest.mark.parametrize("warmup", [0, 5, 40])

@@ -18,7 +18,9 @@ class LayerOnsetTracker:
     last ``window``): robust to the first steps' transient and to single outliers. A reading above
     ``layer_factor`` times the baseline (or non-finite) marks the layer's *onset* at that step;
     ``calm_steps`` normal readings in a row clear it again. :meth:`first_layer` names the layer
-    with the earliest onset (the largest jump breaks ties) or, with none, the largest jump now.
+    with the earliest onset (the largest jump breaks ties; equal jumps, e.g. two layers whose
+    readings turned non-finite in the same step, go to the layer read first, which for a Keras
+    model is the one nearer the input) or, with none, the largest jump now.
 
     Args:
         layer_factor: a reading above this many times the baseline is anomalous (> 1).

@@ -13,7 +13,6 @@ References:
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import warnings
 from collections import deque
@@ -24,7 +23,7 @@ import tensorflow as tf
 
 from tfsmooth import _keras
 from tfsmooth._keras import keras, register_serializable
-from tfsmooth._validation import check_bool, check_int
+from tfsmooth._validation import check_bool, check_float, check_int
 from tfsmooth.callbacks._batch_loss import BatchLossProbe
 from tfsmooth.callbacks.events import EventWriter
 from tfsmooth.callbacks.layer_onsets import LayerOnsetTracker
@@ -34,15 +33,6 @@ from tfsmooth.callbacks.spike_detector import SpikeDetector
 __all__ = ["StabilityMonitor"]
 
 _LOSS_MODES = ("epoch_mean", "batch")
-
-
-def _check_number(name: str, value: Any, *, minimum: float, strict: bool = False) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number. Received: {name}={value!r}")
-    if value < minimum or (strict and value == minimum):
-        sign = ">" if strict else ">="
-        raise ValueError(f"`{name}` must be {sign} {minimum:g}. Received: {name}={value!r}")
-    return float(value)
 
 
 def _layer_of(path: str) -> str:
@@ -80,7 +70,10 @@ class StabilityMonitor(keras.callbacks.Callback):
     baseline in the run-up to the divergence is reported, with the step of that onset.
 
     Logs: the epoch logs (so ``History`` and a later ``keras.callbacks.TensorBoard``) get
-    ``loss_average``, ``loss_spikes`` (spikes this epoch), ``nonfinite_losses`` and, over the
+    ``loss_average``, ``loss_spikes`` (spikes this epoch), ``nonfinite_losses``,
+    ``nonfinite_gradients`` (with a tfsmooth optimizer: the variable-updates it skipped this epoch
+    because their gradient had a NaN or Inf; also in :attr:`history` on logged batches, counted
+    since the previous logged batch) and, over the
     epoch's logged batches, ``gradient_norm`` and ``grad_to_weight`` (max over layers),
     ``update_ratio`` (max) and ``clipping_factor`` (min) -- or ``update_norm`` and
     ``update_to_weight`` for plain optimizers; per layer as ``signal/layer`` with
@@ -145,15 +138,15 @@ class StabilityMonitor(keras.callbacks.Callback):
         verbose: int = 1,
     ):
         super().__init__()
-        self.spike_factor = _check_number("spike_factor", spike_factor, minimum=1.0, strict=True)
+        self.spike_factor = check_float("spike_factor", spike_factor, 1.0, min_inclusive=False)
         self.spike_patience = check_int("spike_patience", spike_patience, 1)
-        self.average_decay = _check_number("average_decay", average_decay, minimum=0.0)
+        self.average_decay = check_float("average_decay", average_decay, 0.0)
         if self.average_decay >= 1.0:
             raise ValueError(
                 f"`average_decay` must be < 1. Received: average_decay={average_decay!r}"
             )
         self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
-        self.layer_factor = _check_number("layer_factor", layer_factor, minimum=1.0, strict=True)
+        self.layer_factor = check_float("layer_factor", layer_factor, 1.0, min_inclusive=False)
         self.stop_on_divergence = check_bool("stop_on_divergence", stop_on_divergence)
         self.restore_on_divergence = check_bool("restore_on_divergence", restore_on_divergence)
         self.snapshot_every = check_int("snapshot_every", snapshot_every, 1)
@@ -200,6 +193,7 @@ class StabilityMonitor(keras.callbacks.Callback):
         self._writer: EventWriter | None = None
         self._probe: BatchLossProbe | None = None
         self._warned_reconstruction = False
+        self._nonfinite_seen = 0
 
     @property
     def _average(self) -> float | None:
@@ -232,6 +226,7 @@ class StabilityMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._reset()
+        self._skipped_gradients()  # what the optimizer skipped before this fit is not counted
         if self.loss_in_logs == "epoch_mean":
             self._probe = BatchLossProbe.attach(self.model)
             self._probe.prepare()
@@ -250,7 +245,13 @@ class StabilityMonitor(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._previous_mean = None
         self._previous_batch = -1
-        self._epoch = {"spikes": 0, "nonfinite": 0, "signals": {}, "epoch": epoch}
+        self._epoch = {
+            "spikes": 0,
+            "nonfinite": 0,
+            "nonfinite_gradients": 0,
+            "signals": {},
+            "epoch": epoch,
+        }
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._logs_this_step() and self._optimizer_statistics() is None:
@@ -273,6 +274,12 @@ class StabilityMonitor(keras.callbacks.Callback):
             self._track_layers(signals, step)
             self._last_layers = signals
             self._accumulate_epoch(signals)
+            skipped = self._skipped_gradients()
+            if skipped is not None:
+                record["nonfinite_gradients"] = skipped
+                self._epoch["nonfinite_gradients"] = (
+                    self._epoch.get("nonfinite_gradients", 0) + skipped
+                )
             if self.log_layers or self._writer is not None:
                 record["layers"] = signals
         self.history.append(record)
@@ -295,6 +302,10 @@ class StabilityMonitor(keras.callbacks.Callback):
         logs["loss_average"] = float(self._average) if self._average is not None else math.nan
         logs["loss_spikes"] = float(self._epoch.get("spikes", 0))
         logs["nonfinite_losses"] = float(self._epoch.get("nonfinite", 0))
+        skipped = self._skipped_gradients()
+        if skipped is not None:
+            total = self._epoch.get("nonfinite_gradients", 0) + skipped
+            logs["nonfinite_gradients"] = float(total)
         layers = self._epoch.get("signals", {})
         logs.update(self._epoch_summary(layers))
         if self.log_layers:
@@ -356,6 +367,21 @@ class StabilityMonitor(keras.callbacks.Callback):
 
     def _variables(self) -> list:
         return list(self.model.trainable_variables)
+
+    def _skipped_gradients(self) -> int | None:
+        """Variable-updates the optimizer skipped for a non-finite gradient since the last call;
+        ``None`` for an optimizer that does not count them (see
+        :func:`~tfsmooth.optimizers.nonfinite_gradient_count`). A rollback lowers the count:
+        nothing is counted until it grows again."""
+        from tfsmooth.optimizers import nonfinite_gradient_count
+
+        counter = nonfinite_gradient_count(getattr(self.model, "optimizer", None))
+        if counter is None:
+            return None
+        total = int(np.asarray(counter))
+        skipped = max(0, total - self._nonfinite_seen)
+        self._nonfinite_seen = total
+        return skipped
 
     def _optimizer_statistics(self) -> dict | None:
         from tfsmooth.optimizers import find_clippy
