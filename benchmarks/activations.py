@@ -17,36 +17,24 @@ Usage::
     python benchmarks/activations.py            # the full run recorded in RESULTS.md
     python benchmarks/activations.py --quick    # a smoke run (small sizes, few rounds)
     python benchmarks/activations.py --write    # also rewrite the section of benchmarks/RESULTS.md
+                                                # (hand-written notes stay after its end marker)
+    python benchmarks/activations.py --render raw.json  # the tables again from a run's raw results
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _common
 import numpy as np
 import tensorflow as tf
-from _common import (
-    emit_result,
-    interleaved_times,
-    machine_summary,
-    markdown_table,
-    median_ratios,
-    run_script_in_fresh_process,
-    update_results_section,
-)
+from baselines import smelu_tf_where
 
 from tfsmooth.activations import generalized_smelu, smelu
-
-
-def smelu_tf_where(x, beta=1.0):
-    """SmeLU as the published TensorFlow ports write it (autodiff through tf.where)."""
-    return tf.where(tf.math.abs(x) <= beta, ((x + beta) ** 2) / (4 * beta), tf.nn.relu(x))
-
 
 ACTIVATIONS = {
     "relu": tf.nn.relu,
@@ -77,8 +65,8 @@ def time_activations(size: int, jit: bool, rounds: int) -> dict[str, float]:
     steps = {name: make_step(fn, jit) for name, fn in ACTIVATIONS.items()}
     repeats = max(1, (1 << 22) // size * 5)
     candidates = {name: (lambda s=s: s(x, upstream)) for name, s in steps.items()}
-    times = interleaved_times(candidates, rounds=rounds, repeats=repeats, warmup=3)
-    ratios = median_ratios(times, "relu")
+    times = _common.interleaved_times(candidates, rounds=rounds, repeats=repeats, warmup=3)
+    ratios = _common.median_ratios(times, "relu")
     ratios["relu_ms"] = float(np.median(times["relu"]) * 1e3)
     return ratios
 
@@ -127,8 +115,9 @@ def memory_table(names, sizes) -> list[list]:
     for jit in (False, True):
         peaks = {}
         for name in names:
-            args = ["--memory-worker", name, "--jit" if jit else "--no-jit", "--sizes", str(sizes)]
-            peaks[name] = run_script_in_fresh_process(__file__, args)["peak_mb"]
+            args = ["--memory-worker", name, "--jit" if jit else "--no-jit"]
+            args += ["--sizes", json.dumps(sizes)]
+            peaks[name] = _common.run_script_in_fresh_process(__file__, args)["peak_mb"]
         for name in names:
             rows.append(
                 [
@@ -141,27 +130,14 @@ def memory_table(names, sizes) -> list[list]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes and few rounds")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per cell")
-    parser.add_argument("--write", action="store_true", help="rewrite the RESULTS.md section")
-    parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--jit", action=argparse.BooleanOptionalAction, help=argparse.SUPPRESS)
-    parser.add_argument("--sizes", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-
-    if args.memory_worker:
-        sizes = eval(args.sizes, {})  # a dict literal written by this script itself
-        emit_result(memory_worker(args.memory_worker, bool(args.jit), sizes))
-        return
-
+def measure(args) -> dict:
+    """Runs both parts; returns the raw results (JSON-ready) that :func:`render` turns into text."""
     sizes = [1 << 16, 1 << 20] if args.quick else [1 << 20, 1 << 24]
     rounds = args.rounds or (5 if args.quick else 21)
     mlp = dict(MLP, batch=2048) if args.quick else MLP
     names = list(ACTIVATIONS)
 
-    print(f"# Activations benchmark on {machine_summary()}", flush=True)
+    print(f"# Activations benchmark on {_common.machine_summary()}", flush=True)
     time_rows = []
     for jit in (False, True):
         for size in sizes:
@@ -171,28 +147,31 @@ def main() -> None:
             time_rows.append(
                 [mode, label, ratios.pop("relu_ms")] + [ratios[name] for name in names]
             )
-            print(markdown_table(["mode", "elements", "relu ms", *names], time_rows[-1:]))
-    print()
-    speed = markdown_table(["mode", "elements", "ReLU ms", *names], time_rows)
-    print(speed, flush=True)
-
+            print(_common.markdown_table(["mode", "elements", "relu ms", *names], time_rows[-1:]))
     print(f"\nPeak memory of an MLP training step: {mlp}", flush=True)
-    memory = markdown_table(["mode", "activation", "peak MB", "vs ReLU"], memory_table(names, mlp))
-    print(memory)
+    return {
+        "command": _common.command_line(__file__),
+        "machine": _common.machine_summary(),
+        "rounds": rounds,
+        "mlp": mlp,
+        "names": names,
+        "time_rows": time_rows,
+        "memory_rows": memory_table(names, mlp),
+    }
 
-    where = names.index("smelu_tf_where")
-    smelu_index = names.index("smelu")
-    print("\ntf.where form / smelu (speed-up of ours):")
-    for row in time_rows:
-        print(f"  {row[0]:12s} {row[1]:>5s}: {row[3 + where] / row[3 + smelu_index]:.2f}x")
 
-    if args.write and not args.quick:
-        command = "python benchmarks/activations.py --write"
-        text = f"""## Activations (`benchmarks/activations.py`)
+def render(raw: dict) -> str:
+    """The RESULTS.md section from raw results (:func:`measure`)."""
+    names, mlp = raw["names"], raw["mlp"]
+    speed = _common.markdown_table(["mode", "elements", "ReLU ms", *names], raw["time_rows"])
+    memory = _common.markdown_table(
+        ["mode", "activation", "peak MB", "vs ReLU"], raw["memory_rows"]
+    )
+    return f"""## Activations (`benchmarks/activations.py`)
 
-Command: `{command}` ({rounds} interleaved rounds per cell; each cell is the median over rounds of
+Command: `{raw["command"]} --write` ({raw["rounds"]} interleaved rounds per cell; each cell is the median over rounds of
 the per-round ratio to ReLU; forward + backward, both materialised; float32).
-Machine: {machine_summary()}.
+Machine: {raw["machine"]}.
 
 Time of forward + backward, as a ratio to ReLU (lower is faster):
 
@@ -203,7 +182,42 @@ MLP ({mlp["layers"]} x Dense({mlp["hidden"]}), batch {mlp["batch"]}), each row i
 
 {memory}
 """
-        update_results_section("activations", text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and few rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per cell")
+    parser.add_argument("--write", action="store_true", help="rewrite the RESULTS.md section")
+    parser.add_argument("--out", default=None, help="where to write the raw results (JSON)")
+    parser.add_argument("--render", metavar="JSON", help="only render the raw results of a run")
+    parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--jit", action=argparse.BooleanOptionalAction, help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.memory_worker:
+        _common.emit_result(
+            memory_worker(args.memory_worker, bool(args.jit), json.loads(args.sizes))
+        )
+        return
+    write = args.write and not args.quick  # a smoke run never changes the record
+    raw = _common.measured_or_rendered(
+        lambda: measure(args),
+        render=args.render,
+        name="activations_results.json",
+        write=write,
+        out=args.out,
+    )
+    text = render(raw)
+    print(text)
+    names = raw["names"]
+    where, smelu_index = names.index("smelu_tf_where"), names.index("smelu")
+    print("tf.where form / smelu (speed-up of ours):")
+    for row in raw["time_rows"]:
+        print(f"  {row[0]:12s} {row[1]:>5s}: {row[3 + where] / row[3 + smelu_index]:.2f}x")
+    if write:
+        _common.update_results_section("activations", text)
 
 
 if __name__ == "__main__":
