@@ -23,6 +23,7 @@ _SUBMODULES = (
     "losses",
     "metrics",
     "models",
+    "ops",
     "optimizers",
     "reproducibility",
     "serving",
