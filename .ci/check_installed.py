@@ -4,7 +4,8 @@ Usage: ``python check_installed.py CHECKOUT`` in a virtual environment where ``p
 tfsmooth-*.whl`` ran. It fails (exit 1, one line per problem) unless:
 
 - ``tfsmooth`` is imported from site-packages, not from ``CHECKOUT``;
-- every subpackage and module of tfsmooth imports (in this process's Keras flavour);
+- every subpackage and module of tfsmooth imports in this process's Keras flavour (under Keras 3,
+  a module built on TFRS must instead refuse with the ImportError that says it needs tf-keras);
 - the installed version is ``tfsmooth.__version__`` and the distribution carries the license file,
   ``py.typed``, the ``tfsmooth`` console script and the classifier of this Python.
 """
@@ -27,13 +28,19 @@ def main(checkout: str) -> int:
     if pathlib.Path(checkout).resolve() in location.parents:
         problems.append(f"tfsmooth was imported from the checkout ({location}), not the wheel")
 
-    imported = []
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS") == "1"
+    imported, refused = [], []
     for module in pkgutil.walk_packages(tfsmooth.__path__, prefix="tfsmooth."):
         if module.name.endswith(".__main__"):  # runs the command line; the demo run covers it
             continue
         try:
             importlib.import_module(module.name)
             imported.append(module.name)
+        except ImportError as error:
+            if not legacy and "needs tf-keras" in str(error):  # TFRS code under Keras 3
+                refused.append(module.name)
+            else:
+                problems.append(f"import {module.name}: ImportError: {error}")
         except Exception as error:  # report every module that does not import, not the first
             problems.append(f"import {module.name}: {type(error).__name__}: {error}")
 
@@ -53,10 +60,12 @@ def main(checkout: str) -> int:
     if "tfsmooth" not in scripts:
         problems.append(f"no tfsmooth console script: {scripts}")
 
-    flavour = "tf-keras" if os.environ.get("TF_USE_LEGACY_KERAS") == "1" else "Keras 3"
+    flavour = "tf-keras" if legacy else "Keras 3"
     print(
         f"installed tfsmooth {distribution.version} from {location}: imported {len(imported)} "
-        f"modules under {flavour}, {len(problems)} problems"
+        f"modules under {flavour}"
+        + (f" ({', '.join(refused)} refused: needs tf-keras)" if refused else "")
+        + f", {len(problems)} problems"
     )
     for problem in problems:
         print(f"  {problem}")
