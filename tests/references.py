@@ -398,7 +398,7 @@ def momentum_reference(learning_rate, momentum):
 
 
 # --------------------------------------------------------------------------------------------------
-# Callbacks: the spike rule.
+# Callbacks: the spike rule, the per-layer signals.
 
 
 def reference_spikes(losses, factor, patience, decay, warmup):
@@ -426,6 +426,39 @@ def reference_spikes(losses, factor, patience, decay, warmup):
         if diverged_at is None and (not math.isfinite(loss) or streak >= patience):
             diverged_at = step
     return flags, average, diverged_at
+
+
+def reference_update_signals(layers):
+    """The StabilityMonitor's per-layer signals for a plain optimizer, from their definition:
+    ``{layer: [(before, after), ...]}`` -> ``||dw||`` and ``||dw|| / ||w_before||`` of the layer's
+    variables taken together (float64; ``inf`` for all-zero weights)."""
+    signals = {}
+    for layer, pairs in layers.items():
+        moved = np.concatenate([(np.float64(a) - np.float64(b)).ravel() for b, a in pairs])
+        weights = np.concatenate([np.float64(b).ravel() for b, _ in pairs])
+        norm, weight = np.linalg.norm(moved), np.linalg.norm(weights)
+        signals[layer] = {
+            "update_norm": norm,
+            "update_to_weight": norm / weight if weight > 0 else math.inf,
+        }
+    return signals
+
+
+def reference_clippy_signals(layers):
+    """The StabilityMonitor's per-layer signals with Clippy, from their definition:
+    ``{layer: [per-variable statistics, ...]}`` -> the layer's ``||g||`` (the norm of its variables'
+    gradients together), ``||g|| / ||w||``, the max update-to-bound ratio, the min clipping factor."""
+    signals = {}
+    for layer, stats in layers.items():
+        gradient = np.linalg.norm([s["gradient_norm"] for s in stats])
+        weight = np.linalg.norm([s["variable_norm"] for s in stats])
+        signals[layer] = {
+            "gradient_norm": gradient,
+            "grad_to_weight": gradient / weight if weight > 0 else math.inf,
+            "update_ratio": max(s["update_ratio"] for s in stats),
+            "clipping_factor": min(s["clipping_factor"] for s in stats),
+        }
+    return signals
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The StabilityMonitor's parts, each alone and without ``fit``: spike detection, layer onsets,
-snapshots and the TensorBoard writer."""
+per-layer signals, snapshots and the TensorBoard writer."""
 
 from __future__ import annotations
 
@@ -9,11 +9,17 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-from references import reference_spikes
+from references import reference_clippy_signals, reference_spikes, reference_update_signals
 
 from tfsmooth._keras import keras
 from tfsmooth.callbacks.events import EventWriter
 from tfsmooth.callbacks.layer_onsets import LayerOnsetTracker
+from tfsmooth.callbacks.layer_signals import (
+    batch_summary,
+    clippy_signals,
+    epoch_summary,
+    update_signals,
+)
 from tfsmooth.callbacks.snapshots import SnapshotStore
 from tfsmooth.callbacks.spike_detector import SpikeDetector
 
@@ -72,6 +78,72 @@ def test_no_onset_before_the_loss_is_ready_or_the_baseline_exists():
     assert tracker.onsets == {}
     tracker.track({"a": math.inf}, 11, ready=False)  # non-finite is anomalous at any time
     assert tracker.onset_steps() == {"a": 11}
+
+
+def _assert_signals_equal(got, want):
+    assert set(got) == set(want)
+    for layer, signals in want.items():
+        assert set(got[layer]) == set(signals), layer
+        for name, value in signals.items():
+            assert got[layer][name] == pytest.approx(value, rel=1e-5), (layer, name)
+
+
+def test_update_signals_are_the_norms_of_each_layers_weight_change():
+    rng = np.random.default_rng(3)
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(4, name="bottom"),
+            keras.layers.Dense(2, name="top", kernel_initializer="zeros"),
+        ]
+    )
+    before = [tf.constant(np.asarray(v)) for v in model.trainable_variables]
+    model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
+    got = update_signals(model.trainable_variables, before)
+    # Keys are layer paths ("bottom" or ".../bottom" depending on the flavour).
+    got = {layer.rsplit("/", 1)[-1]: values for layer, values in got.items()}
+    pairs = {
+        layer.name: [
+            (b, np.asarray(v))
+            for v, b in zip(model.trainable_variables, before)
+            if any(v is w for w in layer.trainable_variables)
+        ]
+        for layer in model.layers
+    }
+    want = reference_update_signals(pairs)
+    _assert_signals_equal(got, want)
+    assert got["top"]["update_to_weight"] == math.inf  # all-zero weights before the step
+    assert batch_summary(got)["update_norm"] == pytest.approx(
+        math.hypot(want["bottom"]["update_norm"], want["top"]["update_norm"]), rel=1e-5
+    )
+    # No variables: no layers.
+    assert update_signals([], []) == {}
+
+
+def test_clippy_signals_combine_each_layers_variable_statistics():
+    rng = np.random.default_rng(5)
+    grouped, flat = {}, {}
+    for layer, names in {"model/embed": ["embeddings"], "model/dense": ["kernel", "bias"]}.items():
+        for name in names:
+            stats = {
+                "gradient_norm": float(rng.uniform(0.1, 3.0)),
+                "variable_norm": float(rng.uniform(0.1, 3.0)),
+                "update_ratio": float(rng.uniform(0.0, 5.0)),
+                "clipping_factor": float(rng.uniform(0.0, 1.0)),
+            }
+            grouped.setdefault(layer, []).append(stats)
+            flat[f"{layer}/{name}"] = stats
+    got = clippy_signals(flat)
+    want = reference_clippy_signals(grouped)
+    _assert_signals_equal(got, want)
+    summary = batch_summary(got)
+    assert summary["clipping_factor"] == min(w["clipping_factor"] for w in want.values())
+    assert summary["update_ratio"] == max(w["update_ratio"] for w in want.values())
+    epoch = epoch_summary(
+        {layer: {k: [v, v / 2] for k, v in s.items()} for layer, s in got.items()}
+    )
+    assert epoch["clipping_factor"] == pytest.approx(summary["clipping_factor"] / 2)
+    assert epoch["grad_to_weight"] == pytest.approx(summary["grad_to_weight"])
 
 
 def test_snapshots_restore_the_newest_good_state_and_forget_newer_ones():

@@ -27,16 +27,20 @@ from tfsmooth._validation import check_bool, check_float, check_int
 from tfsmooth.callbacks._batch_loss import BatchLossProbe
 from tfsmooth.callbacks.events import EventWriter
 from tfsmooth.callbacks.layer_onsets import LayerOnsetTracker
+from tfsmooth.callbacks.layer_signals import (
+    batch_summary,
+    clippy_signals,
+    epoch_summary,
+    reduce_signal,
+    signal_name,
+    update_signals,
+)
 from tfsmooth.callbacks.snapshots import SnapshotStore
 from tfsmooth.callbacks.spike_detector import SpikeDetector
 
 __all__ = ["StabilityMonitor"]
 
 _LOSS_MODES = ("epoch_mean", "batch")
-
-
-def _layer_of(path: str) -> str:
-    return path.rsplit("/", 1)[0] if "/" in path else path
 
 
 @register_serializable
@@ -270,7 +274,7 @@ class StabilityMonitor(keras.callbacks.Callback):
         record.update(loss_average=self._average, spike=spike)
         if self._logs_this_step(step):
             signals = self._layer_signals()
-            record.update(self._summarise(signals))
+            record.update(batch_summary(signals))
             self._track_layers(signals, step)
             self._last_layers = signals
             self._accumulate_epoch(signals)
@@ -307,12 +311,11 @@ class StabilityMonitor(keras.callbacks.Callback):
             total = self._epoch.get("nonfinite_gradients", 0) + skipped
             logs["nonfinite_gradients"] = float(total)
         layers = self._epoch.get("signals", {})
-        logs.update(self._epoch_summary(layers))
+        logs.update(epoch_summary(layers))
         if self.log_layers:
             for layer, signals in layers.items():
                 for signal, values in signals.items():
-                    reduce = min if signal == "clipping_factor" else max
-                    logs[f"{signal}/{layer}"] = float(reduce(values))
+                    logs[f"{signal}/{layer}"] = reduce_signal(signal, values)
 
     # ------------------------------------------------------------------------------------------
     # The loss.
@@ -393,69 +396,18 @@ class StabilityMonitor(keras.callbacks.Callback):
 
     def _layer_signals(self) -> dict[str, dict[str, float]]:
         statistics = self._optimizer_statistics()
-        layers: dict[str, dict[str, float]] = {}
         if statistics:
-            sums: dict[str, list[float]] = {}
-            for path, values in statistics.items():
-                entry = sums.setdefault(_layer_of(path), [0.0, 0.0, 0.0, math.inf])
-                entry[0] += values["gradient_norm"] ** 2
-                entry[1] += values["variable_norm"] ** 2
-                entry[2] = max(entry[2], values["update_ratio"])
-                entry[3] = min(entry[3], values["clipping_factor"])
-            for layer, (gradient, weight, ratio, factor) in sums.items():
-                gradient, weight = math.sqrt(gradient), math.sqrt(weight)
-                layers[layer] = {
-                    "gradient_norm": gradient,
-                    "grad_to_weight": gradient / weight if weight > 0 else math.inf,
-                    "update_ratio": ratio,
-                    "clipping_factor": factor,
-                }
-            return layers
-        if self._before is None:
-            return layers
+            return clippy_signals(statistics)
+        before, self._before = self._before, None
+        if before is None:
+            return {}
         variables = self._variables()
-        if len(variables) != len(self._before):  # a subclassed model built in this very step
-            self._before = None
-            return layers
-        moves = [
-            tf.reduce_sum(tf.square(_keras.native_variable(v) - b))
-            for v, b in zip(variables, self._before)
-        ]
-        norms = [tf.reduce_sum(tf.square(b)) for b in self._before]
-        values = np.asarray(tf.stack(moves + norms), dtype=np.float64) if moves else np.zeros(0)
-        count = len(variables)
-        sums = {}
-        for i, variable in enumerate(variables):
-            entry = sums.setdefault(_layer_of(_keras.variable_path(variable)), [0.0, 0.0])
-            entry[0] += values[i]
-            entry[1] += values[count + i]
-        for layer, (move, weight) in sums.items():
-            move, weight = math.sqrt(move), math.sqrt(weight)
-            layers[layer] = {
-                "update_norm": move,
-                "update_to_weight": move / weight if weight > 0 else math.inf,
-            }
-        self._before = None
-        return layers
-
-    @staticmethod
-    def _signal_name(signals: dict[str, float]) -> str:
-        return "update_ratio" if "update_ratio" in signals else "update_to_weight"
-
-    def _summarise(self, layers: dict[str, dict[str, float]]) -> dict[str, float]:
-        summary: dict[str, float] = {}
-        for values in layers.values():
-            for name, value in values.items():
-                if name == "clipping_factor":
-                    summary[name] = min(summary.get(name, math.inf), value)
-                elif name in ("gradient_norm", "update_norm"):
-                    summary[name] = math.sqrt(summary.get(name, 0.0) ** 2 + value**2)
-                else:
-                    summary[name] = max(summary.get(name, -math.inf), value)
-        return summary
+        if len(variables) != len(before):  # a subclassed model built in this very step
+            return {}
+        return update_signals(variables, before)
 
     def _track_layers(self, layers: dict[str, dict[str, float]], step: int) -> None:
-        signals = {layer: values[self._signal_name(values)] for layer, values in layers.items()}
+        signals = {layer: values[signal_name(values)] for layer, values in layers.items()}
         self._onsets.track(signals, step, ready=self._spikes.settled)
 
     def _accumulate_epoch(self, layers: dict[str, dict[str, float]]) -> None:
@@ -463,17 +415,6 @@ class StabilityMonitor(keras.callbacks.Callback):
         for layer, values in layers.items():
             for name, value in values.items():
                 store.setdefault(layer, {}).setdefault(name, []).append(value)
-
-    @staticmethod
-    def _epoch_summary(layers: dict) -> dict[str, float]:
-        """Each signal over the epoch's logged batches and all layers: min of the clipping
-        factor, max of everything else."""
-        summary: dict[str, float] = {}
-        names = {name for signals in layers.values() for name in signals}
-        for name in sorted(names):
-            values = [v for signals in layers.values() for v in signals.get(name, [])]
-            summary[name] = float(min(values) if name == "clipping_factor" else max(values))
-        return summary
 
     # ------------------------------------------------------------------------------------------
     # Divergence, snapshots, TensorBoard.
@@ -487,7 +428,7 @@ class StabilityMonitor(keras.callbacks.Callback):
             optimizer.build(self.model.trainable_variables)
 
     def _first_layer(self) -> tuple[str | None, int | None]:
-        last = {layer: v[self._signal_name(v)] for layer, v in self._last_layers.items()}
+        last = {layer: v[signal_name(v)] for layer, v in self._last_layers.items()}
         return self._onsets.first_layer(last, self.history[-1]["step"] if self.history else None)
 
     def _on_divergence(self, step: int, loss: float, reason: str) -> None:

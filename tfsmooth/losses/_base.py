@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from tfsmooth._keras import keras, scale_for_replicas
 from tfsmooth._validation import check_choice
-from tfsmooth.losses import _utils
+from tfsmooth.ops.checks import integer_labels
 
 REDUCTIONS = ("sum_over_batch_size", "sum", "none")
 
@@ -117,14 +117,11 @@ class CatalogLoss(keras.losses.Loss):
         item_embeddings: Any = None,
         mask: Any = None,
     ) -> tf.Tensor:
-        """The loss of queries ``y_pred [..., d]`` for labels ``y_true [...]``.
+        """:meth:`unscaled` (same arguments), scaled for replicas like the flavour's own losses.
 
-        Args:
-            y_true: integer item indices ``[...]`` (or ``[..., 1]``).
-            y_pred: the queries ``[..., d]``.
-            sample_weight: optional weights broadcastable to the labels; 0 removes a query.
-            item_embeddings: the item table for this call, overriding the bound one.
-            mask: optional boolean mask of the labels' shape; False removes a query.
+        The one difference: a ``"sum_over_batch_size"`` mean goes through
+        ``_keras.scale_for_replicas`` (under a ``tf.distribute`` strategy Keras 3 divides it by the
+        number of replicas; tf-keras leaves that to ``compile``).
         """
         loss = self.unscaled(
             y_true, y_pred, sample_weight, item_embeddings=item_embeddings, mask=mask
@@ -142,9 +139,21 @@ class CatalogLoss(keras.losses.Loss):
         item_embeddings: Any = None,
         mask: Any = None,
     ) -> tf.Tensor:
-        """As ``__call__``, without dividing a mean by the number of replicas in either flavour.
+        """The loss of queries ``y_pred [..., d]`` for labels ``y_true [...]``, reduced as configured.
 
-        For models that compute their own loss (``compute_loss``) and scale it themselves.
+        A mean is never divided by the number of replicas, in either flavour: this is for models
+        that compute their own loss (``compute_loss``) and scale it themselves.
+
+        Args:
+            y_true: integer item indices ``[...]`` (or ``[..., 1]``).
+            y_pred: the queries ``[..., d]``.
+            sample_weight: optional weights broadcastable to the labels; 0 removes a query.
+            item_embeddings: the item table for this call, overriding the bound one.
+            mask: optional boolean mask of the labels' shape; False removes a query.
+
+        Returns:
+            The reduced loss (a scalar), or for ``reduction="none"`` the per-query losses in the
+            labels' shape (0 where a query does not count).
         """
         labels, weighted, weights = self._weighted_losses(
             y_true, y_pred, sample_weight, item_embeddings, mask
@@ -165,7 +174,7 @@ class CatalogLoss(keras.losses.Loss):
         table = resolve_item_embeddings(
             item_embeddings if item_embeddings is not None else self.item_embeddings
         )
-        labels = _utils.integer_labels(y_true, "y_true")
+        labels = integer_labels(y_true, "y_true")
         if y_pred is None:
             raise TypeError("`y_pred` must be the queries [..., d]. Received: y_pred=None")
         queries = tf.convert_to_tensor(y_pred)

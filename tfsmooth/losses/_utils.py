@@ -28,13 +28,14 @@ import tensorflow as tf
 
 from tfsmooth import _validation
 from tfsmooth._validation import is_integer
+from tfsmooth.ops.checks import check_queries_and_table, integer_labels
 from tfsmooth.ops.chunks import row_block, split_chunks
 from tfsmooth.ops.dtypes import compute_dtype
 from tfsmooth.ops.top_k import running_top_k
 
-# The chunk loops, the running top-k and the compute dtype live in tfsmooth.ops; the losses use
-# them from here.
-__all__ = ["compute_dtype", "row_block", "running_top_k", "split_chunks"]
+# The chunk loops, the running top-k, the compute dtype and the label check live in tfsmooth.ops;
+# the losses use them from here.
+__all__ = ["compute_dtype", "integer_labels", "row_block", "running_top_k", "split_chunks"]
 
 # ----------------------------------------------------------------------------------------------------
 # Argument validation (the scalar checks live in tfsmooth._validation).
@@ -53,47 +54,6 @@ def check_seed(value: Any) -> int | tf.Tensor | None:
         "or a pair of ints (a stateless seed: the same draw for the same pair). "
         f"Received: seed={value!r}"
     )
-
-
-def integer_labels(labels: Any, name: str = "labels") -> tf.Tensor:
-    """``labels`` as an integer tensor; floating labels only if every value is a whole number.
-
-    tf-keras ``fit`` hands integer labels over as float32, so floats cannot be refused outright;
-    truncating 2.7 to 2 would be a silent error. A non-integral (or non-finite) float label raises
-    ``ValueError`` naming ``name`` eagerly, fails a ``tf.debugging`` assertion with the same message
-    inside a ``tf.function``, and inside XLA (which drops assertions) becomes ``-1``, an
-    out-of-range label: left out of the loss, as the module docs say.
-    """
-    if labels is None:
-        raise TypeError(f"`{name}` must be integer item indices. Received: {name}=None")
-    try:
-        labels = tf.convert_to_tensor(labels)
-    except (TypeError, ValueError) as error:
-        raise TypeError(
-            f"`{name}` must be integer item indices. Received: {name}={labels!r}"
-        ) from error
-    if labels.dtype.is_integer:
-        return labels
-    if not labels.dtype.is_floating:
-        raise TypeError(
-            f"`{name}` must be integer item indices. Received: {name}.dtype={labels.dtype.name}"
-        )
-    whole = tf.logical_and(tf.math.is_finite(labels), tf.equal(labels, tf.math.floor(labels)))
-    message = (
-        f"`{name}` must be integer item indices; float {name} are accepted only with whole values "
-        f"(as Keras hands them over), never truncated. Received: {name} containing"
-    )
-    if tf.executing_eagerly():
-        bad = labels.numpy()[~whole.numpy()]
-        if bad.size:
-            raise ValueError(f"{message} {bad.ravel()[0]!r}")
-    else:
-        # Everything downstream waits for the check, so no gather of a bad label can fail first.
-        check = tf.debugging.Assert(tf.reduce_all(whole), [message, labels], summarize=5)
-        with tf.control_dependencies([check]):
-            labels = tf.identity(labels)
-    safe = tf.where(whole, labels, tf.constant(-1, labels.dtype))
-    return tf.cast(safe, tf.int64)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -135,21 +95,7 @@ def prepare(
             raise TypeError(
                 f"`{caller}` needs floating-point `{name}`. Received: {name}.dtype={tensor.dtype.name}"
             )
-    if queries.shape.rank is not None and queries.shape.rank < 2:
-        raise ValueError(
-            f"`queries` must have shape [..., d] (at least 2-D). Received: queries.shape={queries.shape}"
-        )
-    if item_embeddings.shape.rank is not None and item_embeddings.shape.rank != 2:
-        raise ValueError(
-            "`item_embeddings` must have shape [num_items, d]. "
-            f"Received: item_embeddings.shape={item_embeddings.shape}"
-        )
-    dq, dw = queries.shape[-1], item_embeddings.shape[-1]
-    if dq is not None and dw is not None and dq != dw:
-        raise ValueError(
-            "`queries` and `item_embeddings` must have the same last dimension d. "
-            f"Received: queries.shape={queries.shape}, item_embeddings.shape={item_embeddings.shape}"
-        )
+    queries, item_embeddings = check_queries_and_table(queries, item_embeddings)
     if item_embeddings.shape[0] == 0:
         raise ValueError(
             f"`item_embeddings` must hold at least one item. Received: shape={item_embeddings.shape}"
@@ -171,6 +117,7 @@ def prepare(
             )
         valid = tf.reshape(mask if mask.dtype == tf.bool else tf.not_equal(mask, 0), [-1])
 
+    dq = queries.shape[-1]
     d = dq if dq is not None else tf.shape(queries)[-1]
     flat_queries = tf.reshape(queries, [-1, d])
     flat_labels = tf.reshape(tf.cast(labels, tf.int32), [-1])

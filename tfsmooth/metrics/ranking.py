@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tfsmooth._keras import register_serializable
 from tfsmooth._validation import check_int
-from tfsmooth.losses import _utils
+from tfsmooth.ops.checks import check_queries_and_table, integer_labels
 from tfsmooth.ops.chunks import row_block, split_chunks
 
 __all__ = ["catalog_rank", "catalog_ranking_metrics", "hit_rate_and_ndcg"]
@@ -65,24 +65,10 @@ def _validated(queries, item_embeddings, labels, chunk_size):
     for name, value in (("queries", queries), ("item_embeddings", item_embeddings)):
         if value is None:
             raise TypeError(f"`{name}` must be a float tensor. Received: {name}=None")
-    queries = tf.cast(tf.convert_to_tensor(queries), tf.float32)
-    item_embeddings = tf.convert_to_tensor(item_embeddings)
-    if queries.shape.rank is not None and queries.shape.rank != 2:
-        raise ValueError(
-            f"`queries` must have shape [B, d]. Received: queries.shape={queries.shape}"
-        )
-    if item_embeddings.shape.rank is not None and item_embeddings.shape.rank != 2:
-        raise ValueError(
-            "`item_embeddings` must have shape [num_items, d]. "
-            f"Received: item_embeddings.shape={item_embeddings.shape}"
-        )
-    dq, dw = queries.shape[-1], item_embeddings.shape[-1]
-    if dq is not None and dw is not None and dq != dw:
-        raise ValueError(
-            "`queries` and `item_embeddings` must have the same last dimension d. "
-            f"Received: queries.shape={queries.shape}, item_embeddings.shape={item_embeddings.shape}"
-        )
-    labels = tf.cast(_utils.integer_labels(labels, "labels"), tf.int32)
+    queries, item_embeddings = check_queries_and_table(
+        tf.cast(tf.convert_to_tensor(queries), tf.float32), item_embeddings, query_rank=2
+    )
+    labels = tf.cast(integer_labels(labels, "labels"), tf.int32)
     if labels.shape.rank is not None and labels.shape.rank == 2 and labels.shape[-1] == 1:
         labels = tf.squeeze(labels, -1)
     if not labels.shape.is_compatible_with(queries.shape[:1]):

@@ -17,9 +17,8 @@ from tfsmooth._keras import (
     replica_count,
 )
 from tfsmooth._validation import check_bool, check_float, check_int
-from tfsmooth.losses import _utils as _loss_utils
-from tfsmooth.losses._base import CatalogLoss
 from tfsmooth.metrics.ranking import catalog_ranking_metrics
+from tfsmooth.ops.checks import integer_labels
 
 __all__ = ["LOSSES", "SASRec"]
 
@@ -28,8 +27,9 @@ __all__ = ["LOSSES", "SASRec"]
 LOSSES = catalog_losses.LOSSES
 
 
-def _make_loss(loss: Any, num_negatives: int) -> CatalogLoss:
-    """``loss`` resolved by the shared registry; ``"bce"`` draws ``num_negatives`` negatives."""
+def _make_loss(loss: Any, num_negatives: int) -> keras.losses.Loss:
+    """``loss`` resolved by the shared registry (a catalog loss, see :func:`tfsmooth.losses.get`);
+    ``"bce"`` draws ``num_negatives`` negatives."""
     options = {"num_negatives": num_negatives} if isinstance(loss, str) and loss == "bce" else {}
     return catalog_losses.get(loss, **options)
 
@@ -229,7 +229,7 @@ class SASRec(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The catalog loss of the hidden states against the next items ``y [B, L]`` (0 = none)."""
-        labels = tf.cast(_loss_utils.integer_labels(y, "y"), tf.int32)
+        labels = tf.cast(integer_labels(y, "y"), tf.int32)
         loss = self.retrieval_loss.unscaled(
             labels,
             y_pred,
@@ -322,7 +322,7 @@ class SASRec(keras.Model):
                 "`labels` must hold one next item per sequence. "
                 f"Received: labels.shape={labels.shape}, inputs.shape={inputs.shape}"
             )
-        labels = _loss_utils.integer_labels(labels, "labels").numpy()
+        labels = integer_labels(labels, "labels").numpy()
         outside = labels[(labels < 1) | (labels > self.num_items)]
         if outside.size:
             raise ValueError(

@@ -1,4 +1,4 @@
-"""Numerical building blocks shared across tfsmooth: chunk loops and chunked top-k over a catalog.
+"""Numerical building blocks shared across tfsmooth: chunk loops, chunked top-k, argument checks.
 
 - :func:`exact_top_k`: the ``k`` best candidates per query, best first, with per-query exclusions
   and a defined place for NaN scores (the retrieval server's kernel).
@@ -8,6 +8,11 @@ Building blocks for kernels, imported from their modules (static shapes; their c
 arguments): ``tfsmooth.ops.chunks.split_chunks`` and ``row_block`` visit a long axis (an item
 table) in static-shape chunks, the way XLA needs them; ``tfsmooth.ops.top_k.running_top_k`` keeps
 the top rows by inner product one chunk at a time (the catalog losses' selection step).
+
+Argument checks shared by everything that scores queries against an item table (the catalog
+losses, the ranking metrics, SASRec, CatalogRetrieval), imported from their module:
+``tfsmooth.ops.checks.check_queries_and_table`` (ranks and matching ``d``) and ``integer_labels``
+(integer labels; whole-valued floats accepted, never truncated).
 """
 
 from tfsmooth.ops.dtypes import compute_dtype

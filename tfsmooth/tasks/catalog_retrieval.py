@@ -28,8 +28,8 @@ import tensorflow as tf  # noqa: E402
 from tfsmooth import losses as catalog_losses  # noqa: E402
 from tfsmooth._keras import keras, register_serializable, replica_count  # noqa: E402
 from tfsmooth._validation import check_int, is_integer  # noqa: E402
-from tfsmooth.losses._utils import integer_labels  # noqa: E402
 from tfsmooth.metrics.ranking import catalog_rank, hit_rate_and_ndcg  # noqa: E402
+from tfsmooth.ops.checks import integer_labels  # noqa: E402
 
 __all__ = ["CatalogRetrieval"]
 
