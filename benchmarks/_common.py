@@ -3,6 +3,8 @@
 - Workers in fresh processes: :func:`run_script_in_fresh_process` starts ``python script args``
   and reads the JSON its worker side printed with :func:`emit_result` (a figure that needs a
   process of its own: peak memory, the other Keras flavour).
+- Memory: :func:`status_kb` (resident set and its peak), :func:`reset_peak_rss`,
+  :func:`release_free_memory`.
 - Timing: :func:`interleaved_times` (candidates interleaved in rounds) and :func:`median_ratios`
   (medians of the per-round ratios to an anchor).
 - Raw results: :func:`save_raw` / :func:`load_raw` (JSON), :func:`measured_or_rendered` (measure
@@ -16,6 +18,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import pathlib
@@ -59,6 +63,36 @@ def run_script_in_fresh_process(script: str, args: Sequence[str], env: dict | No
 def emit_result(payload: dict) -> None:
     """The worker side of :func:`run_script_in_fresh_process`."""
     print("RESULT " + json.dumps(payload), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory of this process (Linux): resident set, its peak, and resetting the peak.
+
+
+def status_kb(field: str) -> int:
+    """A field of /proc/self/status in kB (VmRSS: resident now, VmHWM: peak since reset)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> bool:
+    """Resets VmHWM to the current resident set (Linux >= 4.0); False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def release_free_memory() -> None:
+    """Returns freed heap pages to the system (glibc ``malloc_trim``), so RSS counts live memory."""
+    # Not glibc: nothing to do (the resident set then keeps freed pages).
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 # ------------------------------------------------------------------------------------------------

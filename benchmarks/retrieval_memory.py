@@ -7,8 +7,6 @@ through ``retrieval.py``'s hidden worker flags.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import math
 import os
@@ -16,7 +14,14 @@ import resource
 import time
 
 import numpy as np
-from _common import interleaved_times, median_ratios, run_script_in_fresh_process
+from _common import (
+    interleaved_times,
+    median_ratios,
+    release_free_memory,
+    reset_peak_rss,
+    run_script_in_fresh_process,
+    status_kb,
+)
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "retrieval.py")
 MiB = 2**20
@@ -82,47 +87,22 @@ def make_step(loss_fn, queries, items, labels):
     return step
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak_rss() -> bool:
-    """Resets VmHWM to the current resident set (Linux >= 4.0); False where not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _release_free_memory() -> None:
-    """Returns freed heap pages to the system (glibc ``malloc_trim``), so RSS counts live memory."""
-    # Not glibc: nothing to do (the resident set then keeps freed pages).
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def memory_worker(name: str, c: int, settings: dict) -> dict:
     import tensorflow as tf
 
     n, d = settings["n"], settings["d"]
     queries, items, labels = make_inputs(n, c, d)
-    _release_free_memory()
-    rss_inputs_kb = _status_kb("VmRSS")
+    release_free_memory()
+    rss_inputs_kb = status_kb("VmRSS")
     step = make_step(make_loss(name, settings), queries, items, labels)
     began = time.perf_counter()
     out = step()
     first_seconds = time.perf_counter() - began
     assert np.isfinite(float(out[0])), f"{name} at C={c}: loss {float(out[0])}"
     del out
-    _release_free_memory()
-    rss_before_kb = _status_kb("VmRSS")
-    reset = _reset_peak_rss()
+    release_free_memory()
+    rss_before_kb = status_kb("VmRSS")
+    reset = reset_peak_rss()
     try:  # the oneDNN allocator keeps statistics; TensorFlow's plain CPU allocator does not
         tf.config.experimental.reset_memory_stats("CPU:0")
         allocator_before = tf.config.experimental.get_memory_info("CPU:0")["current"]
@@ -140,7 +120,7 @@ def memory_worker(name: str, c: int, settings: dict) -> dict:
         if allocator_before is not None
         else math.nan
     )
-    hwm_kb = _status_kb("VmHWM")
+    hwm_kb = status_kb("VmHWM")
     max_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "loss": name,

@@ -193,8 +193,25 @@ def initial_values(rng):
     ]
 
 
-def run_steps(optimizer, initial, steps, dtype="float32"):
-    """Applies ``steps`` (table gradients as ``tf.IndexedSlices``) in a tf.function; the weights."""
+def dense_steps(rng, initial, count):
+    """``count`` steps of dense gradients (the table's summed into a dense array)."""
+    steps = []
+    for step in make_steps(rng, count):
+        dense = []
+        for g, w in zip(step, initial):
+            if isinstance(g, tuple):
+                g_dense = np.zeros(np.shape(w))
+                np.add.at(g_dense, g[0], g[1])
+                g = g_dense
+            dense.append(np.asarray(g))
+        steps.append(dense)
+    return steps
+
+
+def run_steps(optimizer, initial, steps, dtype="float32", sparse=True):
+    """Applies ``steps`` in a tf.function (with ``sparse``, table gradients given as
+    ``(indices, values)`` go in as ``tf.IndexedSlices``; else every gradient is dense); the
+    weights."""
     variables = [tf.Variable(np.asarray(v, dtype)) for v in initial]
 
     @tf.function
@@ -202,7 +219,15 @@ def run_steps(optimizer, initial, steps, dtype="float32"):
         sparse = tf.IndexedSlices(values, indices, tf.constant(TABLE_SHAPE, tf.int64))
         optimizer.apply_gradients(zip([dense, sparse, bias], variables))
 
-    for dense, (indices, values), bias in steps:
+    @tf.function
+    def apply_dense(*gradients):
+        optimizer.apply_gradients(zip(gradients, variables))
+
+    for step in steps:
+        if not sparse:
+            apply_dense(*(tf.constant(g, dtype) for g in step))
+            continue
+        dense, (indices, values), bias = step
         apply(
             tf.constant(dense, dtype),
             tf.constant(indices, tf.int32),

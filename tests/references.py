@@ -385,6 +385,29 @@ def adam_reference(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
     return step
 
 
+def lazy_adam_reference(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """Lazy Adam (TensorFlow Addons' ``LazyAdam``) as an ``inner_step``: Adam on the rows whose
+    gradient is not all zero (the rows a sparse gradient touches); other rows, and their moments,
+    stay as they were. The bias correction uses the global step. Returns ``(step, moments)``."""
+    moments = {}
+
+    def step(t, i, w, g):
+        m, v = moments.get(i, (np.zeros_like(w), np.zeros_like(w)))
+        rows = (
+            np.any(g != 0, axis=tuple(range(1, g.ndim))) if g.ndim > 1 else np.ones(g.shape, bool)
+        )
+        m, v = m.copy(), v.copy()
+        m[rows] = beta_1 * m[rows] + (1 - beta_1) * g[rows]
+        v[rows] = beta_2 * v[rows] + (1 - beta_2) * g[rows] ** 2
+        moments[i] = (m, v)
+        alpha = learning_rate * math.sqrt(1 - beta_2 ** (t + 1)) / (1 - beta_1 ** (t + 1))
+        w = w.copy()
+        w[rows] -= alpha * m[rows] / (np.sqrt(v[rows]) + epsilon)
+        return w
+
+    return step, moments
+
+
 def momentum_reference(learning_rate, momentum):
     """SGD with momentum (Keras's form: m = momentum * m - lr * g; w += m) as an ``inner_step``."""
     velocities = {}

@@ -378,6 +378,23 @@ def layer_cases():
         lambda: layers.Cross()(_with(x, NAN)),
         documented=non_finite,
     )
+    yield Case("layers.Embedding", "input_dim", "0", lambda: layers.Embedding(0, 4))
+    yield Case("layers.Embedding", "output_dim", "-1", lambda: layers.Embedding(10, -1))
+    yield Case(
+        "layers.Embedding",
+        "inputs",
+        "out of range",
+        lambda: layers.Embedding(10, 4)(np.array([3, 10])),
+        names=("indices", "10"),  # TensorFlow's gather names the index and the range
+    )
+    yield Case(
+        "layers.Embedding",
+        "inputs",
+        "non-integral float",
+        lambda: layers.Embedding(10, 4)(np.array([2.7])),
+        # Cast to int32 like Keras's Embedding (which truncates too): row 2.
+        documented=lambda r: _numpy(r).shape == (1, 4),
+    )
 
 
 def _loss_documented_nan(result: Any) -> bool:
@@ -772,6 +789,18 @@ def optimizer_cases():
             "export_clipping_factors": ("bool", True),
         },
     )
+    yield from scalar_cases(
+        "optimizers.LazyAdam",
+        lambda **kw: optimizers.LazyAdam(**kw),
+        {"learning_rate": ("positive32", 1e-3), "epsilon": ("nonnegative32", 1e-7)},
+    )
+    for beta in ("beta_1", "beta_2"):
+        yield Case(
+            "optimizers.LazyAdam",
+            beta,
+            "1.0",
+            lambda beta=beta: optimizers.LazyAdam(**{beta: 1.0}),
+        )
     yield Case(
         "optimizers.Clippy", "optimizer", "string", lambda: optimizers.Clippy("not an optimizer")
     )
@@ -786,6 +815,7 @@ def optimizer_cases():
     for entry, make in (
         ("optimizers.ClippyAdagrad", lambda: optimizers.ClippyAdagrad(0.1)),
         ("optimizers.Clippy", lambda: optimizers.Clippy(keras.optimizers.Adam(0.1))),
+        ("optimizers.LazyAdam", lambda: optimizers.LazyAdam(0.1)),
     ):
 
         def nan_gradient(make=make):

@@ -24,7 +24,7 @@ from helpers import (
 from references import dense_gradient, numpy_clipped
 
 from tfsmooth._keras import IS_KERAS_3, keras
-from tfsmooth.optimizers import Clippy, ClippyAdagrad, clipping_statistics
+from tfsmooth.optimizers import Clippy, ClippyAdagrad, LazyAdam, clipping_statistics
 
 
 @pytest.mark.parametrize("granularity", ["variable", "row"])
@@ -242,13 +242,15 @@ def test_mixed_precision(optimizer, rng):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["clippy_adam", "clippy_adagrad"])
+@pytest.mark.parametrize("optimizer", ["clippy_adam", "clippy_adagrad", "clippy_lazy_adam"])
 def test_mirrored_strategy_matches_one_device(optimizer, rng, mirrored_strategy):
     data = make_data(rng)
 
     def build():
         if optimizer == "clippy_adam":
             chosen = clippy_adam()
+        elif optimizer == "clippy_lazy_adam":  # the sparse path: rows of both replicas
+            chosen = Clippy(LazyAdam(0.05), **ADAM)
         else:
             chosen = ClippyAdagrad(0.3, granularity="row", absolute_threshold=0.01)
         model = make_model()

@@ -213,20 +213,27 @@ def guard_update_step(optimizer: Any, guard: Any) -> None:
 
     ``guard(update, gradient, variable)`` is called in place of the optimizer's own update of
     ``variable`` (in that variable's update context, so also under ``tf.distribute``), with
-    ``update`` a function of no arguments that runs the optimizer's own update. Keras 3 calls
-    ``update_step(gradient, variable, learning_rate)``, tf-keras ``update_step(gradient,
-    variable)``; the guard sees the same three arguments in both.
+    ``update(gradient=gradient)`` a function that runs the optimizer's own update (with the
+    gradient given, by default the one received). Keras 3 calls ``update_step(gradient, variable,
+    learning_rate)``, tf-keras ``update_step(gradient, variable)``; the guard sees the same three
+    arguments in both.
     """
     original = optimizer.update_step
     if IS_KERAS_3:
 
         def update_step(gradient, variable, learning_rate):
-            return guard(lambda: original(gradient, variable, learning_rate), gradient, variable)
+            def update(given=gradient):
+                return original(given, variable, learning_rate)
+
+            return guard(update, gradient, variable)
 
     else:
 
         def update_step(gradient, variable):
-            return guard(lambda: original(gradient, variable), gradient, variable)
+            def update(given=gradient):
+                return original(given, variable)
+
+            return guard(update, gradient, variable)
 
     # Not through the trackable __setattr__: a plain function, nothing to checkpoint.
     object.__setattr__(optimizer, "update_step", update_step)
@@ -282,7 +289,7 @@ if IS_KERAS_3:
         """Keras 3's ``apply``/``apply_gradients`` for an optimizer that wraps ``inner_optimizer``.
 
         Both call ``self.apply_wrapped(grads, variables, apply_inner, aggregated)``, where
-        ``apply_inner()`` lets the inner optimizer apply the gradients (its own ``apply``) and
+        ``apply_inner(grads)`` lets the inner optimizer apply ``grads`` (its own ``apply``) and
         ``aggregated`` says whether they were already summed over replicas (never, here).
         """
 
@@ -299,7 +306,7 @@ if IS_KERAS_3:
             self.apply_wrapped(
                 grads,
                 variables,
-                lambda: self.inner_optimizer.apply(grads, trainable_variables),
+                lambda inner_grads: self.inner_optimizer.apply(inner_grads, trainable_variables),
                 False,
             )
 
@@ -363,8 +370,8 @@ else:
         """tf-keras's ``apply_gradients`` for an optimizer that wraps ``inner_optimizer``.
 
         Calls ``self.apply_wrapped(grads, variables, apply_inner, aggregated)``, where
-        ``apply_inner()`` lets the inner optimizer apply the gradients (its own
-        ``apply_gradients``, with the same arguments) and ``aggregated`` says whether the
+        ``apply_inner(grads)`` lets the inner optimizer apply ``grads`` (its own
+        ``apply_gradients``, with the same other arguments) and ``aggregated`` says whether the
         gradients were already summed over replicas (``skip_gradients_aggregation``).
         """
 
@@ -383,8 +390,8 @@ else:
             self.apply_wrapped(
                 grads,
                 variables,
-                lambda: self.inner_optimizer.apply_gradients(
-                    grads_and_vars,
+                lambda inner_grads: self.inner_optimizer.apply_gradients(
+                    list(zip(inner_grads, variables)),
                     name=name,
                     skip_gradients_aggregation=skip_gradients_aggregation,
                     **kwargs,

@@ -6,6 +6,8 @@
 - :class:`ClippyAdagrad`: Adagrad with the rule inside its step; a drop-in for TFRS's
   ``ClippyAdagrad`` that also runs under Keras 3.
 - :class:`Clippy`: the rule around any Keras optimizer (``Clippy(keras.optimizers.Adam())``).
+- :class:`LazyAdam`: Adam whose sparse step touches only the looked-up rows (O(rows touched) on
+  embedding tables of millions of rows), alone or as ``Clippy(LazyAdam())``.
 - :func:`nonfinite_gradient_count`: how many variable-updates were skipped because their
   gradient had a NaN or infinite coordinate (the variable and its state are left unchanged).
 - :func:`clipping_statistics`: the last step's clipping factor, update-to-bound ratio, gradient
@@ -16,10 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from tfsmooth.optimizers._base import OptimizerBase, OptimizerWrapperBase
 from tfsmooth.optimizers._statistics import STATISTICS
 from tfsmooth.optimizers.clipping import ShrunkUpdate, shrink_update
 from tfsmooth.optimizers.clippy import Clippy
 from tfsmooth.optimizers.clippy_adagrad import ClippyAdagrad, clippy_adagrad_step
+from tfsmooth.optimizers.lazy_adam import LazyAdam
 
 
 def find_clippy(optimizer: Any):
@@ -90,8 +94,8 @@ def nonfinite_gradient_count(optimizer: Any) -> Any:
     variable, ``nonfinite_gradients``, which checkpoints keep.
 
     Args:
-        optimizer: any optimizer (or ``None``); a :class:`ClippyAdagrad` or :class:`Clippy` is
-            found also inside a ``LossScaleOptimizer``.
+        optimizer: any optimizer (or ``None``); a tfsmooth optimizer (:class:`ClippyAdagrad`,
+            :class:`Clippy`, :class:`LazyAdam`) is found also inside a ``LossScaleOptimizer``.
 
     Returns:
         The counter (a scalar int64 variable), or ``None`` for other optimizers and before the
@@ -107,14 +111,24 @@ def nonfinite_gradient_count(optimizer: Any) -> Any:
     >>> w.numpy(), int(nonfinite_gradient_count(optimizer))  # w skipped, b updated
     (array([1., 2.], dtype=float32), 1)
     """
-    clippy = find_clippy(optimizer)
-    return None if clippy is None else clippy.nonfinite_gradients
+    if optimizer is not None and not hasattr(optimizer, "apply_gradients"):
+        raise TypeError(
+            f"`optimizer` must be an optimizer or None. Received: optimizer={optimizer!r}"
+        )
+    for _ in range(8):  # the outermost tfsmooth optimizer counts every skip
+        if optimizer is None or isinstance(optimizer, (OptimizerBase, OptimizerWrapperBase)):
+            break
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+    if not isinstance(optimizer, (OptimizerBase, OptimizerWrapperBase)):
+        return None
+    return optimizer.nonfinite_gradients
 
 
 __all__ = [
     "STATISTICS",
     "Clippy",
     "ClippyAdagrad",
+    "LazyAdam",
     "ShrunkUpdate",
     "clipping_statistics",
     "clippy_adagrad_step",

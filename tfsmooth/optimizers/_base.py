@@ -25,8 +25,17 @@ from typing import Any
 import tensorflow as tf
 
 from tfsmooth import _keras
+from tfsmooth._validation import check_float, is_number
 
-__all__ = ["OptimizerBase", "OptimizerWrapperBase", "deduplicate_sparse", "is_finite_gradient"]
+__all__ = [
+    "OptimizerBase",
+    "OptimizerWrapperBase",
+    "check_learning_rate",
+    "deduplicate_sparse",
+    "depending_on",
+    "is_finite_gradient",
+    "unique_row_mask",
+]
 
 #: The name of the counter of skipped variable-updates each tfsmooth optimizer keeps.
 NONFINITE_COUNTER = "nonfinite_gradients"
@@ -36,8 +45,9 @@ def deduplicate_sparse(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
     """Sums the rows of repeated indices, as tf-keras does before every sparse update.
 
     Sort-based with static shapes, which XLA compiles far better than ``tf.unique``: the result
-    has as many rows as the input; the rows past the unique indices are zero and point at an index
-    already present, so adding them changes nothing.
+    has as many rows as the input, the unique indices first (ascending); the rows past them are
+    zero and repeat the first index, so adding them changes nothing. An update that is not a sum
+    (Adam's moment decay) leaves them out with :func:`unique_row_mask`.
     """
     indices = gradient.indices
     count = tf.shape(indices)[0]
@@ -53,6 +63,42 @@ def deduplicate_sparse(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
     used = positions < tf.reduce_sum(tf.cast(first, tf.int32))
     unique = tf.where(used, unique, tf.reduce_min(indices))
     return tf.IndexedSlices(values, unique, gradient.dense_shape)
+
+
+def unique_row_mask(indices: tf.Tensor) -> tf.Tensor:
+    """``[K]`` bool: which rows of a deduplicated sparse gradient are real, not padding.
+
+    ``indices`` are those of :func:`deduplicate_sparse` (padding repeats the first index) or of
+    tf-keras's deduplication (no padding): in both, a row other than the first is padding exactly
+    when it repeats the first index.
+    """
+    positions = tf.range(tf.shape(indices)[0])
+    return tf.logical_or(tf.equal(positions, 0), tf.not_equal(indices, indices[:1]))
+
+
+def depending_on(rows: tf.Tensor, change: tf.Tensor) -> tf.Tensor:
+    """``change``, unchanged, but computed from ``rows`` (the rows it is scattered into).
+
+    Under XLA a scatter into a variable whose rows were gathered earlier in the step, with no
+    data dependency between the two, makes XLA copy the whole variable (it cannot prove the gather
+    runs first), so a sparse step costs O(table). Where ``rows`` is NaN the sum is NaN whatever is
+    added, so this select changes no result; it only orders the gather before the scatter.
+    """
+    return tf.where(tf.math.is_nan(rows), rows, change)
+
+
+def check_learning_rate(value: Any) -> Any:
+    """A learning rate: a float > 0 (float32-representable), a schedule or a callable."""
+    if isinstance(value, _keras.keras.optimizers.schedules.LearningRateSchedule) or (
+        callable(value) and not isinstance(value, (tf.Tensor, tf.Variable))
+    ):
+        return value
+    if not is_number(value):
+        raise TypeError(
+            "`learning_rate` must be a number > 0, a LearningRateSchedule or a callable. "
+            f"Received: learning_rate={value!r}"
+        )
+    return check_float("learning_rate", value, 0.0, min_inclusive=False, float32=True)
 
 
 def is_finite_gradient(gradient: Any) -> tf.Tensor:
@@ -128,8 +174,10 @@ class OptimizerBase(_NonfiniteCounter, _keras.OptimizerAdapter):
 class OptimizerWrapperBase(_NonfiniteCounter, _keras.OptimizerWrapperAdapter):
     """The base of optimizers that let an inner optimizer apply the gradients, then adjust.
 
-    Subclasses implement ``build_state(variables)``, ``before_apply(gradients, variables)``
-    (returns what ``after_apply`` needs, e.g. the variables' values before the step) and
+    Subclasses implement ``build_state(variables)``, ``before_apply(gradients, variables,
+    aggregated)`` (returns what ``after_apply`` needs, e.g. the variables' values before the
+    step, and the gradients the inner optimizer applies: the same values, possibly computed
+    from what was read, so that XLA orders the reads before the inner step's writes) and
     ``after_apply(gradients, variables, before, aggregated)``, called in the replica context
     right after the inner optimizer's own step (its gradient clipping, weight decay,
     distribution and iteration count all stay its own). ``aggregated`` says whether the
@@ -149,6 +197,12 @@ class OptimizerWrapperBase(_NonfiniteCounter, _keras.OptimizerWrapperAdapter):
     def _skip_nonfinite(self, update, gradient, variable):
         finite = is_finite_gradient(gradient)
         self.count_nonfinite(finite)
+        # Without a conditional where possible: under XLA a conditional around in-place updates
+        # copies the whole variable and its state, so a sparse step would cost O(table).
+        if isinstance(self.inner_optimizer, OptimizerBase):
+            return update()  # it skips a non-finite gradient itself
+        if _zero_gradient_changes_nothing(self.inner_optimizer):
+            return update(_zero_unless(finite, gradient))
         return tf.cond(finite, lambda: _no_value(update()), lambda: tf.constant(False))
 
     def build(self, var_list):
@@ -160,7 +214,7 @@ class OptimizerWrapperBase(_NonfiniteCounter, _keras.OptimizerWrapperAdapter):
     def build_state(self, variables: list) -> None:
         raise NotImplementedError
 
-    def before_apply(self, gradients: list, variables: list) -> Any:
+    def before_apply(self, gradients: list, variables: list, aggregated: bool) -> tuple[Any, list]:
         raise NotImplementedError
 
     def after_apply(self, gradients: list, variables: list, before: Any, aggregated: bool):
@@ -168,8 +222,8 @@ class OptimizerWrapperBase(_NonfiniteCounter, _keras.OptimizerWrapperAdapter):
 
     def apply_wrapped(self, gradients: list, variables: list, apply_inner, aggregated: bool):
         """Called by the adapter: ``before_apply``, the inner step, ``after_apply``."""
-        before = self.before_apply(gradients, variables)
-        apply_inner()
+        before, inner_gradients = self.before_apply(gradients, variables, aggregated)
+        apply_inner(inner_gradients)
         self.after_apply(gradients, variables, before, aggregated)
 
     @property
@@ -191,6 +245,25 @@ class OptimizerWrapperBase(_NonfiniteCounter, _keras.OptimizerWrapperAdapter):
 
     def finalize_variable_values(self, var_list):
         self.inner_optimizer.finalize_variable_values(var_list)
+
+
+def _zero_gradient_changes_nothing(optimizer: Any) -> bool:
+    """Keras's SGD without momentum and Adagrad leave a variable and its state exactly as they
+    were for a zero gradient (``w - lr * 0``, ``G + 0``), so zeroing skips their step."""
+    optimizers = _keras.keras.optimizers
+    if type(optimizer) is optimizers.SGD:
+        return not optimizer.momentum
+    if type(optimizer) is optimizers.Adagrad:
+        return bool(optimizer.initial_accumulator_value + optimizer.epsilon > 0)
+    return False
+
+
+def _zero_unless(finite: tf.Tensor, gradient: Any) -> Any:
+    """``gradient`` where ``finite``, else zeros of its shape (dense or sparse)."""
+    if isinstance(gradient, tf.IndexedSlices):
+        values = tf.where(finite, gradient.values, tf.zeros_like(gradient.values))
+        return tf.IndexedSlices(values, gradient.indices, gradient.dense_shape)
+    return tf.where(finite, gradient, tf.zeros_like(gradient))
 
 
 def _no_value(result: Any) -> tf.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 
@@ -11,8 +11,45 @@ from tfsmooth._validation import check_bool
 from tfsmooth.optimizers import _statistics
 from tfsmooth.optimizers._base import OptimizerWrapperBase, deduplicate_sparse
 from tfsmooth.optimizers.clipping import _shrink
+from tfsmooth.optimizers.clippy_adagrad import ClippyAdagrad
+from tfsmooth.optimizers.lazy_adam import LazyAdam
 
 __all__ = ["Clippy"]
+
+
+class _Rows(NamedTuple):
+    """The rows a sparse gradient touches (all replicas', possibly repeated) and their values
+    before the inner step."""
+
+    indices: tf.Tensor
+    values: tf.Tensor
+
+
+def _computed_after(rows: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+    """``values``, unchanged, but computed from ``rows`` (so XLA reads ``rows`` first).
+
+    Both tensors are ``[K, ...]`` and aligned; the select picks ``rows`` only where both are NaN,
+    where either is NaN.
+    """
+    values = tf.cast(values, rows.dtype) if values.dtype != rows.dtype else values
+    both = tf.logical_and(tf.math.is_nan(rows), tf.math.is_nan(values))
+    return tf.where(both, rows, values)
+
+
+def moves_only_gradient_rows(optimizer: Any) -> bool:
+    """Whether ``optimizer``, given a sparse gradient, moves only the rows the gradient names.
+
+    True for tfsmooth's ``LazyAdam`` and ``ClippyAdagrad``, Keras's ``Adagrad`` and Keras's
+    ``SGD`` without momentum, when no weight decay is set (it moves every row); false for every
+    other optimizer (Keras's ``Adam`` moves every row whose momentum is not zero), which keeps
+    :class:`Clippy` on its dense path.
+    """
+    optimizers = _keras.keras.optimizers
+    if getattr(optimizer, "weight_decay", None):
+        return False
+    if type(optimizer) in (LazyAdam, ClippyAdagrad, optimizers.Adagrad):
+        return True
+    return type(optimizer) is optimizers.SGD and not optimizer.momentum
 
 
 @_keras.register_serializable
@@ -42,11 +79,16 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
     ``model.compile`` does under a ``mixed_float16`` policy, or wrapped by it) and under
     ``tf.distribute`` strategies, and serializes together with its inner optimizer.
 
-    Cost: the rule needs the whole move of each variable, so each step reads every updated
-    variable once before and once after the inner step (dense, even for sparse gradients, because
-    an inner optimizer with momentum moves rows it did not look up). For Adagrad with sparse
-    embedding tables, :class:`~tfsmooth.optimizers.ClippyAdagrad` is cheaper: the rule is inside its
-    step and stays sparse.
+    Cost: the rule needs the whole move of each variable. For a sparse gradient (an embedding
+    table) and an inner optimizer that moves only the looked-up rows -- tfsmooth's
+    :class:`~tfsmooth.optimizers.LazyAdam` and ``ClippyAdagrad``, Keras's ``Adagrad`` and momentum-free
+    ``SGD``, without weight decay -- those rows are read before and after the inner step and
+    corrected in place: O(rows touched) on top of the inner step, and the same weights as the
+    dense rule (the untouched rows did not move). Any other inner optimizer (Keras's ``Adam``
+    moves every row with momentum) and any variable with a constraint take the dense path: every
+    updated variable is read once before and once after the inner step. Under a
+    ``tf.distribute`` strategy with several replicas the touched rows are those of all replicas
+    (their sparse gradients are summed once more to find them).
 
     Args:
         optimizer: the inner optimizer: an instance, or anything ``keras.optimizers.get``
@@ -109,12 +151,44 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
         if self.export_clipping_factors:
             self.build_statistics(variables)
 
-    def before_apply(self, gradients: list, variables: list) -> list:
-        # The values before the step (copy-on-write keeps them when the inner step assigns).
-        return [
-            None if g is None else tf.identity(_keras.native_variable(v))
-            for g, v in zip(gradients, variables)
+    def before_apply(self, gradients: list, variables: list, aggregated: bool) -> tuple:
+        """What the inner step will change, and the gradients it applies.
+
+        Sparse path: the touched rows before the step (``_Rows``), and each sparse gradient
+        computed from those rows (the same values) so that XLA reads them before the inner step
+        writes the variable, instead of copying the whole variable to keep them. Dense path: a
+        copy of the variable (copy-on-write keeps the values when the inner step assigns).
+        """
+        row_sparse = moves_only_gradient_rows(self.inner_optimizer)
+        sparse = [
+            i
+            for i, (g, v) in enumerate(zip(gradients, variables))
+            if row_sparse
+            and isinstance(g, tf.IndexedSlices)
+            and getattr(v, "constraint", None) is None
         ]
+        touched = {i: gradients[i] for i in sparse}
+        replica = tf.distribute.get_replica_context()
+        if sparse and not aggregated and replica is not None and replica.num_replicas_in_sync > 1:
+            # Every replica's rows move: find them all (summed sparse gradients: O(rows)).
+            reduced = replica.all_reduce(tf.distribute.ReduceOp.SUM, list(touched.values()))
+            touched = dict(zip(sparse, reduced))
+        before, inner_gradients = [], list(gradients)
+        for i, (g, v) in enumerate(zip(gradients, variables)):
+            native = _keras.native_variable(v) if g is not None else None
+            if g is None:
+                before.append(None)
+            elif i in touched:
+                # Repeated rows are gathered twice: the same values, the same result.
+                rows = tf.gather(native, touched[i].indices)
+                before.append(_Rows(touched[i].indices, rows))
+                local = rows if touched[i] is g else tf.gather(native, g.indices)
+                inner_gradients[i] = tf.IndexedSlices(
+                    _computed_after(local, g.values), g.indices, g.dense_shape
+                )
+            else:
+                before.append(tf.identity(native))
+        return before, inner_gradients
 
     def after_apply(self, gradients: list, variables: list, before: list, aggregated: bool):
         kept = [i for i, g in enumerate(gradients) if g is not None]
@@ -158,7 +232,12 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
             )
 
     def _clip_variable(self, variable, old, gradient, constraint, index):
-        new = variable.value()
+        rows = old if isinstance(old, _Rows) else None
+        if rows is not None:  # only these rows moved: the rule over them is the whole rule
+            new = tf.gather(variable, rows.indices)
+            old = rows.values
+        else:
+            new = variable.value()
         move = new - old
         per_row = self.granularity == "row" and isinstance(gradient, tf.IndexedSlices)
         shrunk = _shrink(
@@ -168,7 +247,12 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
         if per_row and move.shape.rank is not None and move.shape.rank > 1:
             factor = tf.reshape(factor, [-1] + [1] * (move.shape.rank - 1))
         # w' - (1 - sigma) u: exactly the inner optimizer's w' wherever sigma = 1.
-        variable.assign_sub((1.0 - factor) * move)
+        correction = (1.0 - factor) * move
+        if rows is not None:
+            # Written, not added: a repeated row gets the same value twice.
+            variable.scatter_update(tf.IndexedSlices(new - correction, rows.indices))
+        else:
+            variable.assign_sub(correction)
         if constraint is not None:
             variable.assign(constraint(variable))
         if self.export_clipping_factors:

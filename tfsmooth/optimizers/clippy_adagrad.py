@@ -7,9 +7,9 @@ from typing import Any, NamedTuple
 import tensorflow as tf
 
 from tfsmooth import _keras
-from tfsmooth._validation import check_bool, check_float, is_number
+from tfsmooth._validation import check_bool
 from tfsmooth.optimizers import _statistics
-from tfsmooth.optimizers._base import OptimizerBase
+from tfsmooth.optimizers._base import OptimizerBase, check_learning_rate, depending_on
 from tfsmooth.optimizers.clipping import _shrink
 
 __all__ = ["ClippyAdagrad", "clippy_adagrad_step"]
@@ -106,30 +106,6 @@ def clippy_adagrad_step(
     return ClippyAdagradStep(shrunk.update, increment, shrunk.factor, shrunk.ratio)
 
 
-def _depending_on(rows: tf.Tensor, change: tf.Tensor) -> tf.Tensor:
-    """``change``, unchanged, but computed from ``rows`` (the rows it is scattered into).
-
-    Under XLA a scatter into a variable whose rows were gathered earlier in the step, with no
-    data dependency between the two, makes XLA copy the whole variable (it cannot prove the gather
-    runs first), so a sparse step costs O(table). Where ``rows`` is NaN the sum is NaN whatever is
-    added, so this select changes no result; it only orders the gather before the scatter.
-    """
-    return tf.where(tf.math.is_nan(rows), rows, change)
-
-
-def _check_learning_rate(value: Any) -> Any:
-    if isinstance(value, _keras.keras.optimizers.schedules.LearningRateSchedule) or (
-        callable(value) and not isinstance(value, (tf.Tensor, tf.Variable))
-    ):
-        return value
-    if not is_number(value):
-        raise TypeError(
-            "`learning_rate` must be a number > 0, a LearningRateSchedule or a callable. "
-            f"Received: learning_rate={value!r}"
-        )
-    return check_float("learning_rate", value, 0.0, min_inclusive=False, float32=True)
-
-
 @_keras.register_serializable
 class ClippyAdagrad(_statistics.ClippingStatisticsMixin, OptimizerBase):
     """Adagrad with Clippy's adaptive clipping, in Keras 3 and tf-keras.
@@ -150,34 +126,26 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, OptimizerBase):
     at a time, and records the clipping statistics the
     :class:`~tfsmooth.callbacks.StabilityMonitor` reads.
 
-    **Defaults**, from the threshold ablation of ``benchmarks/stability.py`` (a multitask ranking
-    model with DCN and LayerNorm on MovieLens ml-latest-small, learning rates 0.04 and 0.64, 3
-    seeds each; a run *lost a task* when it ended with AUC < 0.55 or an RMSE no better than
-    predicting the mean rating, 1.04; see ``benchmarks/RESULTS.md``):
+    **Defaults**, chosen by the threshold ablation of ``benchmarks/stability.py`` (a multitask
+    ranking model on MovieLens; the figures are in ``benchmarks/RESULTS.md``):
 
-    - ``absolute_threshold=1e-3``, not TFRS's ``1e-7``. With ``1e-7`` a weight at zero moves by
-      at most ``1e-7`` per step, and because ``sigma`` is one number per variable a
-      zero-initialised bias pins its whole layer: with TFRS's thresholds (0.1, 1e-7) all 6 runs
-      lost a task (AUC 0.54, RMSE 1.45 at 0.04), as TFRS's own ClippyAdagrad did at every rate.
-      ``1e-2`` bounds too loosely: at 0.64 the regression head was lost in 1 of 3 runs with
-      ``variable_relative_threshold=0.1`` (RMSE up to 1.91) and in 3 of 3 with 0.5.
+    - ``absolute_threshold=1e-3``, not TFRS's ``1e-7``: with ``1e-7`` a weight at zero moves by at
+      most ``1e-7`` per step, and because ``sigma`` is one number per variable a zero-initialised
+      bias pins its whole layer (runs with TFRS's thresholds lost a task, as TFRS's own
+      ClippyAdagrad did); ``1e-2`` bounds too loosely at high learning rates.
     - ``variable_relative_threshold=0.5``, not the paper's and TFRS's 0.1: with
-      ``absolute_threshold=1e-3`` it is the pair with the best AUC among those that lost no task
-      at 0.64 -- AUC 0.760 / 0.759 at 0.04 / 0.64 against 0.752 / 0.752 with 0.1 (RMSE 0.913 /
-      0.919 against 0.917 / 0.924).
-    - ``learning_rate=0.05``: with these thresholds ClippyAdagrad's AUC is flat from 0.04 to 0.64
-      (the bound, not the rate, sets the step) and best from 0.04 to 0.16, where plain Adagrad
-      trains too; 0.05 sits in that range (TFRS's default is 0.001).
+      ``absolute_threshold=1e-3`` the pair with the best AUC among those that lost no task at the
+      highest rate.
+    - ``learning_rate=0.05``: with these thresholds the bound, not the rate, sets the step over a
+      wide range of rates; 0.05 sits where plain Adagrad trains too (TFRS's default is 0.001).
     - The others are TFRS's, except ``export_clipping_factors=True`` (a few scalar operations per
       variable; the :class:`~tfsmooth.callbacks.StabilityMonitor` reads them).
 
     Per variable (the paper's granularity, the default) an outlier coordinate shrinks the whole
-    variable's step; on the same benchmark ``granularity="row"`` reached a higher AUC at every
-    rate (best 0.785 against 0.761), and per row with a wider relative bound,
-    ``ClippyAdagrad(granularity="row", variable_relative_threshold=5.0)``, trained best of all:
-    no divergence up to 16x the base rate and AUC 0.794 at 16x, above Adagrad with global-norm
-    clipping (0.790) -- the setting to start from for models with large embedding tables (chosen
-    on one seed's test AUC; see ``benchmarks/RESULTS.md``).
+    variable's step. ``granularity="row"`` gives each looked-up row of an embedding table its own
+    factor; on the same benchmark it trained better at every rate, and
+    ``ClippyAdagrad(granularity="row", variable_relative_threshold=5.0)`` best of all -- the
+    setting to start from for models with large embedding tables.
 
     **Non-finite gradients**: a variable whose gradient has a NaN or infinite coordinate is left
     as it was in that step -- weights and accumulator, bit for bit -- and counted in
@@ -245,7 +213,7 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, OptimizerBase):
         **kwargs: Any,
     ):
         check = _statistics.check_threshold
-        learning_rate = _check_learning_rate(learning_rate)
+        learning_rate = check_learning_rate(learning_rate)
         self_values = dict(
             initial_accumulator_value=check("initial_accumulator_value", initial_accumulator_value),
             variable_relative_threshold=check(
@@ -325,8 +293,8 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, OptimizerBase):
             finite, step.accumulator_increment, tf.zeros_like(step.accumulator_increment)
         )
         if sparse:
-            increment = _depending_on(accumulated, increment)
-            update = _depending_on(weights, update)
+            increment = depending_on(accumulated, increment)
+            update = depending_on(weights, update)
             accumulator.scatter_add(tf.IndexedSlices(increment, indices))
             variable.scatter_sub(tf.IndexedSlices(update, indices))
         else:
