@@ -103,14 +103,15 @@ def interleaved_times(
     candidates: dict[str, Callable[[], object]],
     *,
     rounds: int,
-    repeats: int,
+    repeats: int | dict[str, int],
     warmup: int = 2,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Seconds per call of each candidate, ``rounds`` samples each, candidates interleaved.
 
-    Each round runs every candidate ``repeats`` times back to back, in a fresh random order, so slow
-    phases of a noisy machine hit all candidates alike. Ratios should be taken per round.
+    Each round runs every candidate ``repeats`` times back to back (a number, or one per
+    candidate: more for fast ones), in a fresh random order, so slow phases of a noisy machine hit
+    all candidates alike. Ratios should be taken per round.
     """
     for fn in candidates.values():
         for _ in range(warmup):
@@ -122,10 +123,11 @@ def interleaved_times(
         rng.shuffle(order)
         for name in order:
             fn = candidates[name]
+            count = repeats[name] if isinstance(repeats, dict) else repeats
             start = time.perf_counter()
-            for _ in range(repeats):
+            for _ in range(count):
                 fn()
-            samples[name].append((time.perf_counter() - start) / repeats)
+            samples[name].append((time.perf_counter() - start) / count)
     return {name: np.asarray(values) for name, values in samples.items()}
 
 
@@ -207,20 +209,25 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(lines)
 
 
+#: Flags whose value is a path of the machine: recorded as ``PATH``.
+PATH_FLAGS = ("--data", "--merge", "--render", "--out")
+
+
 def recorded_flags(argv: Sequence[str]) -> list[str]:
-    """A run's flags as RESULTS.md records them: without ``--write``, and with the ``--data`` path
-    (``--data X`` or ``--data=X``) shown as ``PATH``, so no path of the machine is recorded."""
+    """A run's flags as RESULTS.md records them: without ``--write``, and with the value of each
+    path flag (``--data X`` or ``--data=X``; also ``--merge``, ``--render``, ``--out``) shown as
+    ``PATH``, so no path of the machine is recorded."""
     flags, skip = [], False
     for argument in argv:
         if skip:
             skip = False
         elif argument == "--write":
             continue
-        elif argument == "--data":
-            flags += ["--data", "PATH"]
+        elif argument in PATH_FLAGS:
+            flags += [argument, "PATH"]
             skip = True
-        elif argument.startswith("--data="):
-            flags += ["--data", "PATH"]
+        elif argument.split("=", 1)[0] in PATH_FLAGS:
+            flags += [argument.split("=", 1)[0], "PATH"]
         else:
             flags.append(argument)
     return flags
