@@ -431,46 +431,36 @@ def merged(raw: dict, earlier: dict) -> dict:
     return raw
 
 
+def _collect(raw: dict, part: str, label: str, args, flavour: str, *extra: str) -> None:
+    """Runs one worker; its result goes to ``raw[part]``, or ``label`` to ``raw["failed"]``."""
+    result = _run(args, FLAVOURS[flavour], *extra)
+    if result is None:
+        raw["failed"].append(label)
+        return
+    result["flavour"] = flavour
+    raw[part].append(result)
+    print(f"{label}: done", flush=True)
+
+
 def measure(args) -> dict:
     raw: dict = {"apply": [], "fit": [], "catalog": [], "failed": []}
-    for flavour, env in FLAVOURS.items():
-        if flavour not in args.flavours:
-            continue
+    for flavour in args.flavours:
         if "apply" in args.parts:
             for rows in args.rows:
-                skip = list(DENSE[flavour]) if rows > args.dense_max_rows else []
                 extra = ["--worker", "apply", "--worker-rows", str(rows)]
-                if skip:
-                    extra += ["--skip", *skip]
-                result = _run(args, env, *extra)
-                if result is None:
-                    raw["failed"].append(f"{flavour} apply {rows:,} rows")
-                    continue
-                result["flavour"] = flavour
-                raw["apply"].append(result)
-                print(f"{flavour} apply {rows:,}: done", flush=True)
+                if rows > args.dense_max_rows:
+                    extra += ["--skip", *DENSE[flavour]]
+                _collect(raw, "apply", f"{flavour} apply {rows:,} rows", args, flavour, *extra)
         if "fit" in args.parts:
-            jits = ["false", "auto"] if flavour == "Keras 3" else ["default"]
-            for jit in jits:
+            for jit in ["false", "auto"] if flavour == "Keras 3" else ["default"]:
                 for rows in args.fit_rows:
                     extra = ["--worker", "fit", "--worker-rows", str(rows), "--jit", jit]
-                    result = _run(args, env, *extra)
-                    if result is None:
-                        raw["failed"].append(f"{flavour} fit {rows:,} rows, jit {jit}")
-                        continue
-                    result["flavour"] = flavour
-                    raw["fit"].append(result)
-                    print(f"{flavour} fit {rows:,} jit={jit}: done", flush=True)
+                    label = f"{flavour} fit {rows:,} rows, jit {jit}"
+                    _collect(raw, "fit", label, args, flavour, *extra)
         if "catalog" in args.parts:
             for setup in CATALOG_SETUPS:
                 extra = ["--worker", "catalog", "--setup", setup, "--items", str(args.items)]
-                result = _run(args, env, *extra)
-                if result is None:
-                    raw["failed"].append(f"{flavour} catalog {setup}")
-                    continue
-                result["flavour"] = flavour
-                raw["catalog"].append(result)
-                print(f"{flavour} catalog {setup}: done", flush=True)
+                _collect(raw, "catalog", f"{flavour} catalog {setup}", args, flavour, *extra)
     raw["machine"] = machine_summary()
     if args.merge:
         raw = merged(raw, load_raw(args.merge))

@@ -270,6 +270,38 @@ def fit(model, data, steps, batch_size=16):
     model.fit(x, y[:count], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
 
 
+def assert_restarts_continue_exactly(make_optimizer, rng, tmp_path) -> None:
+    """Three ``fit`` steps straight equal two steps, a save, and one more step, bit for bit (weights
+    and optimizer state), whether resumed from a ``tf.train.Checkpoint`` (into a model with other
+    initial weights) or from a ``.keras`` file (the optimizer's whole config and statistics too)."""
+    from tfsmooth.optimizers import clipping_statistics
+
+    data = make_data(rng)
+    rest = ({k: v[32:] for k, v in data[0].items()}, data[1][32:])
+
+    def compiled(seed=0):
+        model = make_model(seed)
+        model.compile(optimizer=make_optimizer(), loss="mse")
+        return model
+
+    straight = compiled()
+    fit(straight, data, 3)
+    first = compiled()
+    fit(first, data, 2)
+    path = tf.train.Checkpoint(model=first, optimizer=first.optimizer).save(str(tmp_path / "c"))
+    first.save(tmp_path / "model.keras")
+    from_checkpoint = compiled(seed=7)
+    tf.train.Checkpoint(model=from_checkpoint, optimizer=from_checkpoint.optimizer).restore(path)
+    from_file = keras.models.load_model(tmp_path / "model.keras")
+    assert type(from_file.optimizer) is type(first.optimizer)
+    assert from_file.optimizer.get_config() == first.optimizer.get_config()
+    assert clipping_statistics(from_file.optimizer) == clipping_statistics(first.optimizer)
+    for resumed in (from_checkpoint, from_file):
+        fit(resumed, rest, 1)
+        assert int(resumed.optimizer.iterations) == 3
+        assert_same_state(straight, resumed)
+
+
 def assert_same_state(a, b):
     """Two models' weights and optimizer variables are equal, bit for bit."""
     for x, y in zip(a.get_weights(), b.get_weights()):

@@ -551,3 +551,46 @@ def sasrec_reference(model, history, exclude=None, exclude_history=True):
     if exclude is not None:
         blocked = np.concatenate([blocked, exclude], axis=1)
     return brute_force_scores(queries, table, blocked)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sharded tables: one table split along its rows, each shard a variable of its own.
+
+
+def split_rows(gradient, sizes):
+    """A table (or its gradient) split into shards of ``sizes`` rows, in row order: dense rows by
+    shard, or ``(indices, values)`` as each shard's ``(local indices, values)``."""
+    ends = np.cumsum(sizes)
+    spans = [(end - size, end) for size, end in zip(sizes, ends)]
+    if not isinstance(gradient, tuple):
+        return [np.asarray(gradient)[a:b] for a, b in spans]
+    indices, values = np.asarray(gradient[0]), np.asarray(gradient[1])
+    parts = []
+    for a, b in spans:
+        mine = (indices >= a) & (indices < b)
+        parts.append((indices[mine] - a, values[mine]))
+    return parts
+
+
+def per_shard_reference(run, table, steps, sizes):
+    """A per-variable rule applied shard by shard, as if each shard of ``table`` were a variable
+    of its own: ``run(variables, steps) -> weights`` is one of the references above, ``steps``
+    holds the table's gradient of each step. Returns the shards' weights concatenated."""
+    shards = split_rows(table, sizes)
+    shard_steps = [split_rows(gradient, sizes) for gradient in steps]
+    return np.concatenate(run(shards, shard_steps), axis=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sharded item tables: the order of a maximum-inner-product selection.
+
+
+def top_k_by_score_then_index(centres, items, k):
+    """The ``k`` rows with the largest inner product per centre, in float64, by score descending and,
+    among equal scores, by row index ascending (the lower index first, as ``tf.math.top_k`` documents).
+
+    Returns ``(scores [n, k], indices [n, k])``."""
+    scores = np.asarray(centres, np.float64) @ np.asarray(items, np.float64).T
+    rows = np.arange(scores.shape[1])
+    order = np.stack([np.lexsort((rows, -row))[:k] for row in scores])
+    return np.take_along_axis(scores, order, 1), order

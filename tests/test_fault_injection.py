@@ -59,6 +59,7 @@ NOT_DRIVEN = {
     "optimizers.STATISTICS": "a constant (statistic names)",
     "optimizers.ShrunkUpdate": "a result type (named tuple) returned by shrink_update",
     "ops.NO_ITEM": "a constant (the index of an empty top-k slot)",
+    "ops.TableShards": "a result type (named tuple) returned by table_shards",
     "data.RankingData": "a result type returned by encode_ranking",
     "data.SequenceSplits": "a result type returned by build_sequences",
     "reproducibility.ConfigurationResult": "a result type inside ReproducibilityReport",
@@ -1264,6 +1265,61 @@ def ops_cases():
         lambda: ops.exact_top_k(QUERIES, TABLE, 3, exclude=np.full((6, 1), 99)),
         names=("exclude",),
         documented=lambda r: _same(r, ops.exact_top_k(QUERIES, TABLE, 3)),
+    )
+    shards = [tf.Variable(TABLE[:12]), tf.Variable(TABLE[12:])]
+    with_nan = _with(TABLE, NAN, (13, 1))
+    nan_shards = [tf.Variable(with_nan[:12]), tf.Variable(with_nan[12:])]
+    yield Case("ops.table_shards", "item_embeddings", "None", lambda: ops.table_shards(None))
+    yield Case("ops.trainable_shards", "variables", "string", lambda: ops.trainable_shards("x"))
+    yield Case("ops.trainable_shards", "variables", "None", lambda: ops.trainable_shards(None))
+    yield Case(
+        "ops.table_shards",
+        "item_embeddings",
+        "3-D",
+        lambda: ops.table_shards(TABLE[None]),
+    )
+    yield Case(
+        "ops.table_shards",
+        "item_embeddings",
+        "shards of different d",
+        lambda: ops.table_shards([tf.Variable(TABLE[:3]), tf.Variable(TABLE[3:, :2])]),
+    )
+    yield Case("ops.gather_rows", "table", "None", lambda: ops.gather_rows(None, [0]))
+    yield Case(
+        "ops.gather_rows",
+        "ids",
+        "out of range",
+        lambda: ops.gather_rows(shards, [0, len(TABLE)]),
+    )
+    yield Case(
+        "ops.gather_rows",
+        "ids",
+        "float",
+        lambda: ops.gather_rows(shards, np.array([0.5], "float32")),
+    )
+    yield Case(
+        "ops.gather_rows",
+        "table",
+        "nan row",
+        lambda: ops.gather_rows(nan_shards, [13, 0]),
+        # Rows are copied as they are: the NaN shows in the row read, not in the others.
+        documented=lambda r: non_finite(_numpy(r)[0]) and not non_finite(_numpy(r)[1]),
+    )
+    yield Case(
+        "ops.all_finite",
+        "table",
+        "nan row",
+        lambda: ops.all_finite(nan_shards),
+        documented=lambda r: not bool(r),
+    )
+    yield Case("ops.all_finite", "table", "None", lambda: ops.all_finite(None))
+    yield Case(
+        "ops.on_device_of",
+        "part",
+        "no device",
+        lambda: ops.on_device_of(object()),
+        # Nothing to place by: a context that does nothing.
+        documented=lambda r: hasattr(r, "__enter__") and hasattr(r, "__exit__"),
     )
     yield Case("ops.compute_dtype", "dtype", "string", lambda: ops.compute_dtype("no-such-type"))
     yield Case(

@@ -11,7 +11,7 @@ from conftest import LOGICAL_CPUS
 from helpers import (
     TABLE_SHAPE,
     assert_config_roundtrip,
-    assert_same_state,
+    assert_restarts_continue_exactly,
     export_saved_model,
     fit,
     initial_values,
@@ -182,28 +182,7 @@ def clippy_adam():
 
 
 def test_restarts_continue_exactly(rng, tmp_path):
-    data = make_data(rng)
-    rest = ({k: v[32:] for k, v in data[0].items()}, data[1][32:])
-    straight = make_model()
-    straight.compile(optimizer=clippy_adam(), loss="mse")
-    fit(straight, data, 3)
-
-    first = make_model()
-    first.compile(optimizer=clippy_adam(), loss="mse")
-    fit(first, data, 2)
-    path = tf.train.Checkpoint(model=first, optimizer=first.optimizer).save(str(tmp_path / "c"))
-    first.save(tmp_path / "model.keras")
-
-    from_checkpoint = make_model(seed=7)
-    from_checkpoint.compile(optimizer=clippy_adam(), loss="mse")
-    tf.train.Checkpoint(model=from_checkpoint, optimizer=from_checkpoint.optimizer).restore(path)
-    from_file = keras.models.load_model(tmp_path / "model.keras")
-    assert isinstance(from_file.optimizer, Clippy)
-    assert from_file.optimizer.get_config() == first.optimizer.get_config()
-    for resumed in (from_checkpoint, from_file):
-        fit(resumed, rest, 1)
-        assert int(resumed.optimizer.iterations) == 3
-        assert_same_state(straight, resumed)
+    assert_restarts_continue_exactly(clippy_adam, rng, tmp_path)
 
 
 def one_step_moves_within_bounds(model, data, relative, absolute):

@@ -10,7 +10,7 @@ import tensorflow as tf
 from conftest import requires_tfrs
 from helpers import (
     assert_config_roundtrip,
-    assert_same_state,
+    assert_restarts_continue_exactly,
     fit,
     initial_values,
     make_data,
@@ -21,7 +21,7 @@ from helpers import (
 from references import numpy_clippy_adagrad
 
 from tfsmooth._keras import IS_KERAS_3, keras
-from tfsmooth.optimizers import ClippyAdagrad, clipping_statistics
+from tfsmooth.optimizers import ClippyAdagrad
 
 CONFIGS = [
     {},
@@ -220,35 +220,8 @@ def compiled(optimizer, seed=0):
 OPTIMIZER = {"learning_rate": 0.3, "granularity": "row", "absolute_threshold": 0.01}
 
 
-def test_checkpoint_restart_continues_exactly(rng, tmp_path):
-    data = make_data(rng)
-    straight = compiled(ClippyAdagrad(**OPTIMIZER))
-    fit(straight, data, 3)
-    first = compiled(ClippyAdagrad(**OPTIMIZER))
-    fit(first, (data[0], data[1]), 2)  # N = 2 steps ...
-    path = tf.train.Checkpoint(model=first, optimizer=first.optimizer).save(str(tmp_path / "ckpt"))
-    resumed = compiled(ClippyAdagrad(**OPTIMIZER), seed=5)  # other initial weights
-    tf.train.Checkpoint(model=resumed, optimizer=resumed.optimizer).restore(path)
-    rest = ({k: v[32:] for k, v in data[0].items()}, data[1][32:])
-    fit(resumed, rest, 1)  # ... then M = 1 more
-    assert int(resumed.optimizer.iterations) == 3
-    assert_same_state(straight, resumed)
-
-
-def test_keras_file_round_trip_continues_exactly(rng, tmp_path):
-    data = make_data(rng)
-    straight = compiled(ClippyAdagrad(**OPTIMIZER))
-    fit(straight, data, 3)
-    first = compiled(ClippyAdagrad(**OPTIMIZER))
-    fit(first, data, 2)
-    first.save(tmp_path / "model.keras")
-    resumed = keras.models.load_model(tmp_path / "model.keras")
-    assert isinstance(resumed.optimizer, ClippyAdagrad)
-    assert resumed.optimizer.get_config() == first.optimizer.get_config()
-    assert clipping_statistics(resumed.optimizer) == clipping_statistics(first.optimizer)
-    rest = ({k: v[32:] for k, v in data[0].items()}, data[1][32:])
-    fit(resumed, rest, 1)
-    assert_same_state(straight, resumed)
+def test_checkpoint_and_keras_file_restarts_continue_exactly(rng, tmp_path):
+    assert_restarts_continue_exactly(lambda: ClippyAdagrad(**OPTIMIZER), rng, tmp_path)
 
 
 @pytest.mark.skipif(not IS_KERAS_3, reason="Keras 3 compiles fit with XLA; tf-keras does not")

@@ -10,12 +10,9 @@ import tensorflow as tf
 from helpers import (
     TABLE_SHAPE,
     assert_config_roundtrip,
-    assert_same_state,
+    assert_restarts_continue_exactly,
     dense_steps,
-    fit,
     initial_values,
-    make_data,
-    make_model,
     make_steps,
     run_steps,
 )
@@ -136,20 +133,8 @@ def test_bad_arguments_name_the_argument(kwargs, error, match):
 
 
 @pytest.mark.parametrize("wrapped", [False, True])
-def test_keras_file_round_trip_continues_exactly(wrapped, rng, tmp_path):
+def test_restarts_continue_exactly(wrapped, rng, tmp_path):
     def optimizer():
         return Clippy(LazyAdam(LR), granularity="row") if wrapped else LazyAdam(LR)
 
-    data = make_data(rng)
-    rest = ({k: v[32:] for k, v in data[0].items()}, data[1][32:])
-    straight = make_model()
-    straight.compile(optimizer=optimizer(), loss="mse")
-    fit(straight, data, 3)
-    first = make_model()
-    first.compile(optimizer=optimizer(), loss="mse")
-    fit(first, data, 2)
-    first.save(tmp_path / "model.keras")
-    resumed = keras.models.load_model(tmp_path / "model.keras")
-    assert resumed.optimizer.get_config() == first.optimizer.get_config()
-    fit(resumed, rest, 1)
-    assert_same_state(straight, resumed)
+    assert_restarts_continue_exactly(optimizer, rng, tmp_path)

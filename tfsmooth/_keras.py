@@ -247,7 +247,9 @@ if IS_KERAS_3:
         Provides ``__init__(learning_rate, *, name, **kwargs)``, ``build`` (once, then
         ``self.build_state(variables)``), ``add_state``, ``variable_index`` and an
         ``update_step`` that calls ``self.update_variable(gradient, variable, learning_rate,
-        deduplicated=False)``: Keras 3 passes sparse gradients on with repeated indices.
+        deduplicated=False)``: Keras 3 passes sparse gradients on with repeated indices. Before
+        the per-variable updates of a step it calls ``self.prepare_update(grads_and_vars,
+        learning_rate, deduplicated=False)``, after them ``self.finish_update()``.
         """
 
         def __init__(self, learning_rate: Any, *, name: str, **kwargs: Any):
@@ -284,6 +286,16 @@ if IS_KERAS_3:
 
         def update_step(self, gradient, variable, learning_rate):
             self.update_variable(gradient, variable, learning_rate, deduplicated=False)
+
+        def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+            grads_and_vars = list(grads_and_vars)
+            self.prepare_update(grads_and_vars, learning_rate, deduplicated=False)
+            try:
+                return super()._distributed_tf_update_step(
+                    distribution, grads_and_vars, learning_rate
+                )
+            finally:
+                self.finish_update()
 
     class OptimizerWrapperAdapter(OptimizerAdapter):
         """Keras 3's ``apply``/``apply_gradients`` for an optimizer that wraps ``inner_optimizer``.
@@ -324,7 +336,9 @@ else:
         ``self.build_state(variables)``), ``add_state``, ``variable_index`` and an
         ``update_step`` that calls ``self.update_variable(gradient, variable, learning_rate,
         deduplicated=True)``: tf-keras sums repeated rows of sparse gradients before the update
-        and keeps the learning rate itself (``self.learning_rate``, schedules evaluated).
+        and keeps the learning rate itself (``self.learning_rate``, schedules evaluated). Before
+        the per-variable updates of a step it calls ``self.prepare_update(grads_and_vars,
+        learning_rate, deduplicated=True)``, after them ``self.finish_update()``.
         """
 
         def __init__(self, learning_rate: Any, *, name: str, **kwargs: Any):
@@ -360,6 +374,22 @@ else:
 
         def update_step(self, gradient, variable):
             self.update_variable(gradient, variable, self.learning_rate, deduplicated=True)
+
+        def _distributed_apply_gradients_fn(self, distribution, grads_and_vars, **kwargs):
+            grads_and_vars = list(grads_and_vars)
+            prepared = self.prepare_update(grads_and_vars, self.learning_rate, deduplicated=True)
+            jit_compile = self.jit_compile
+            if prepared:
+                # tf-keras's per-variable XLA function (GPU only) would keep the tensors
+                # prepare_update computed at its first trace: update in this function instead.
+                self.jit_compile = False
+            try:
+                return super()._distributed_apply_gradients_fn(
+                    distribution, grads_and_vars, **kwargs
+                )
+            finally:
+                self.jit_compile = jit_compile
+                self.finish_update()
 
         def get_config(self) -> dict:
             config = super().get_config()

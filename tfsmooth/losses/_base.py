@@ -6,7 +6,9 @@ the queries no bucket chose). :class:`CatalogLoss` adds them and keeps both Kera
 
 - ``y_pred`` is the queries ``[..., d]``, ``y_true`` the integer labels ``[...]`` (``[..., 1]`` too).
 - The item table is bound at construction (``item_embeddings=``: an ``Embedding`` layer, a variable,
-  a tensor, or a zero-argument callable returning ``[C, d]``) or passed per call. It is state, not
+  a tensor, a sharded table -- a ``ShardedVariable`` or a list of shard variables, read shard by
+  shard and never concatenated -- or a zero-argument callable returning ``[C, d]``) or passed per
+  call. It is state, not
   configuration: ``get_config`` holds the hyper-parameters only, like a layer's config holds no weights.
 - ``sample_weight`` weights the queries; a weight of 0 removes a query altogether (as ``mask`` does).
 - ``reduction="sum_over_batch_size"`` is the weighted mean over the queries that count
@@ -25,15 +27,20 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfsmooth._keras import keras, scale_for_replicas
+from tfsmooth._keras import keras, native_variable, scale_for_replicas
 from tfsmooth._validation import check_choice
 from tfsmooth.ops.checks import integer_labels
 
 REDUCTIONS = ("sum_over_batch_size", "sum", "none")
 
 
-def resolve_item_embeddings(item_embeddings: Any) -> tf.Tensor:
-    """The ``[C, d]`` table from an ``Embedding`` layer, a variable, a tensor or a callable."""
+def resolve_item_embeddings(item_embeddings: Any) -> Any:
+    """The ``[C, d]`` table from an ``Embedding`` layer, a variable, a tensor or a callable.
+
+    Returned as it is (a layer gives its ``embeddings``, a Keras 3 variable the ``tf.Variable``
+    it wraps, a callable what it returns), never converted: a sharded table (a ``ShardedVariable``,
+    a list of shard variables) stays in shards, and ``_utils.prepare`` converts an unsharded one.
+    """
     if item_embeddings is None:
         raise ValueError(
             "The loss has no item table: pass `item_embeddings=` (an Embedding layer, a variable, a "
@@ -42,7 +49,7 @@ def resolve_item_embeddings(item_embeddings: Any) -> tf.Tensor:
         )
     if isinstance(item_embeddings, keras.layers.Layer):
         if getattr(item_embeddings, "embeddings", None) is not None:
-            return tf.convert_to_tensor(item_embeddings.embeddings)
+            return native_variable(item_embeddings.embeddings)
         if isinstance(item_embeddings, keras.layers.Embedding):
             raise ValueError(
                 f"The Embedding layer {item_embeddings.name!r} given as `item_embeddings` is not "
@@ -54,9 +61,11 @@ def resolve_item_embeddings(item_embeddings: Any) -> tf.Tensor:
             f"`lambda: item_tower(item_features)`. Received: item_embeddings={item_embeddings!r}"
         )
     if isinstance(item_embeddings, (tf.Tensor, tf.Variable)) or hasattr(item_embeddings, "shape"):
-        return tf.convert_to_tensor(item_embeddings)
+        return native_variable(item_embeddings)
+    if isinstance(item_embeddings, (list, tuple)) and item_embeddings:
+        return item_embeddings  # shard variables (anything else fails in _utils.prepare)
     if callable(item_embeddings):
-        return tf.convert_to_tensor(item_embeddings())
+        return native_variable(item_embeddings())
     raise TypeError(
         "`item_embeddings` must be an Embedding layer, a variable, a tensor or a callable returning "
         f"one. Received: item_embeddings={item_embeddings!r}"

@@ -17,6 +17,12 @@ Float labels (tf-keras ``fit`` hands integer labels over as float32) are accepte
 a whole number; a non-integral one raises the same three ways (:func:`integer_labels`), never
 truncated. Queries and item rows that are NaN or infinite make the loss of the queries that read them
 NaN (:func:`poison_nonfinite`), so a loss is never finite while its gradients are not.
+
+The item table may be sharded (a ``ShardedVariable``, a list of shard variables): :func:`prepare`
+hands it on as a :class:`~tfsmooth.ops.TableShards` and the losses read it shard by shard
+(``gather_rows``, per-shard kernels under ``on_device_of``), never concatenating it. Reading a
+sharded table partitions the ids by shard (``tf.dynamic_partition``), which XLA cannot compile: a
+step that uses one must not be ``jit_compile``-d as a whole (its own kernels still are).
 """
 
 from __future__ import annotations
@@ -31,11 +37,22 @@ from tfsmooth._validation import is_integer
 from tfsmooth.ops.checks import check_queries_and_table, integer_labels
 from tfsmooth.ops.chunks import row_block, split_chunks
 from tfsmooth.ops.dtypes import compute_dtype
+from tfsmooth.ops.shards import TableShards, all_finite, gather_rows, on_device_of, table_shards
 from tfsmooth.ops.top_k import running_top_k
 
-# The chunk loops, the running top-k, the compute dtype and the label check live in tfsmooth.ops;
-# the losses use them from here.
-__all__ = ["compute_dtype", "integer_labels", "row_block", "running_top_k", "split_chunks"]
+# The chunk loops, the running top-k, the compute dtype, the label check and the shard helpers live
+# in tfsmooth.ops; the losses use them from here.
+__all__ = [
+    "TableShards",
+    "all_finite",
+    "compute_dtype",
+    "gather_rows",
+    "integer_labels",
+    "on_device_of",
+    "row_block",
+    "running_top_k",
+    "split_chunks",
+]
 
 # ----------------------------------------------------------------------------------------------------
 # Argument validation (the scalar checks live in tfsmooth._validation).
@@ -77,28 +94,41 @@ def prepare(
     labels: Any,
     mask: Any,
     caller: str,
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+) -> tuple[tf.Tensor, TableShards, tf.Tensor, tf.Tensor]:
     """Validates and flattens the inputs of a catalog loss.
 
-    Returns ``(queries [N, d], item_embeddings [C, d], safe_labels [N] int32, valid [N] bool)``.
-    ``valid`` is the mask (all True without one) and-ed with the in-range test of the labels;
-    ``safe_labels`` has out-of-range or masked labels replaced by 0 so they can be gathered.
+    Returns ``(queries [N, d], table, safe_labels [N] int32, valid [N] bool)``. ``table`` is the item
+    table as a :class:`~tfsmooth.ops.TableShards`: an unsharded table is one part, the tensor
+    ``tf.convert_to_tensor(item_embeddings)``; a sharded one (a ``ShardedVariable``, a list of shard
+    variables) keeps its shard variables, never concatenated. ``valid`` is the mask (all True
+    without one) and-ed with the in-range test of the labels; ``safe_labels`` has out-of-range or
+    masked labels replaced by 0 so they can be gathered.
     """
     for name, value in (("queries", queries), ("item_embeddings", item_embeddings)):
         if value is None:
             raise TypeError(f"`{caller}` needs floating-point `{name}`. Received: {name}=None")
     queries = tf.convert_to_tensor(queries)
-    item_embeddings = tf.convert_to_tensor(item_embeddings)
+    table = table_shards(item_embeddings)
+    if not table.sharded:
+        item_embeddings = tf.convert_to_tensor(table.parts[0][0])
     labels = integer_labels(labels)
-    for name, tensor in (("queries", queries), ("item_embeddings", item_embeddings)):
-        if not tensor.dtype.is_floating:
+    for name, dtype in (("queries", queries.dtype), ("item_embeddings", table.dtype)):
+        if not dtype.is_floating:
             raise TypeError(
-                f"`{caller}` needs floating-point `{name}`. Received: {name}.dtype={tensor.dtype.name}"
+                f"`{caller}` needs floating-point `{name}`. Received: {name}.dtype={dtype.name}"
             )
-    queries, item_embeddings = check_queries_and_table(queries, item_embeddings)
-    if item_embeddings.shape[0] == 0:
+    if table.sharded:
+        queries = _check_queries_for_shards(queries, table)
+        static_items = table.num_items
+        num_items = tf.constant(table.num_items, tf.int32)
+    else:
+        queries, item_embeddings = check_queries_and_table(queries, item_embeddings)
+        table = TableShards(((item_embeddings, 0),), *table[1:])
+        static_items = item_embeddings.shape[0]
+        num_items = tf.shape(item_embeddings, out_type=tf.int32)[0]
+    if static_items == 0:
         raise ValueError(
-            f"`item_embeddings` must hold at least one item. Received: shape={item_embeddings.shape}"
+            f"`item_embeddings` must hold at least one item. Received: shape={_shape_of(table)}"
         )
     lead = queries.shape[:-1]
     labels = _drop_unit_axis(labels, lead)
@@ -121,12 +151,34 @@ def prepare(
     d = dq if dq is not None else tf.shape(queries)[-1]
     flat_queries = tf.reshape(queries, [-1, d])
     flat_labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-    num_items = tf.shape(item_embeddings, out_type=tf.int32)[0]
-    _check_label_values(flat_labels, valid, item_embeddings.shape[0], num_items)
+    _check_label_values(flat_labels, valid, static_items, num_items)
     in_range = tf.logical_and(flat_labels >= 0, flat_labels < num_items)
     valid = in_range if valid is None else tf.logical_and(valid, in_range)
     safe_labels = tf.where(valid, flat_labels, tf.zeros_like(flat_labels))
-    return flat_queries, item_embeddings, safe_labels, valid
+    return flat_queries, table, safe_labels, valid
+
+
+def _check_queries_for_shards(queries: tf.Tensor, table: TableShards) -> tf.Tensor:
+    """``check_queries_and_table`` for a sharded table (its shards are 2-D; never concatenated)."""
+    rank = queries.shape.rank
+    if rank is not None and rank < 2:
+        raise ValueError(
+            f"`queries` must have shape [..., d] (at least 2-D). Received: queries.shape={queries.shape}"
+        )
+    dq = queries.shape[-1] if rank is not None else None
+    if dq is not None and table.dim is not None and dq != table.dim:
+        raise ValueError(
+            "`queries` and `item_embeddings` must have the same last dimension d. "
+            f"Received: queries.shape={queries.shape}, item_embeddings.shape={_shape_of(table)}"
+        )
+    return queries
+
+
+def _shape_of(table: TableShards) -> tf.TensorShape:
+    """The static ``[C, d]`` shape of a table, for error messages."""
+    if not table.sharded:
+        return table.parts[0][0].shape
+    return tf.TensorShape([table.num_items, table.dim])
 
 
 def _check_label_values(labels, valid, static_items, num_items) -> None:

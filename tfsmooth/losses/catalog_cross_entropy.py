@@ -11,6 +11,7 @@ from tfsmooth._keras import register_serializable
 from tfsmooth._validation import check_float, check_int
 from tfsmooth.losses import _utils
 from tfsmooth.losses._base import CatalogLoss
+from tfsmooth.ops.shards import TableShards
 
 __all__ = ["CatalogCrossEntropy", "catalog_cross_entropy"]
 
@@ -20,14 +21,11 @@ __all__ = ["CatalogCrossEntropy", "catalog_cross_entropy"]
 # none overlapping (`tfsmooth.ops.split_chunks`), so at most [N, chunk] logits exist at any time.
 
 
-@tf.function(jit_compile=True)
-def _chunked_forward(queries, items, labels, chunk, inv_temperature):
-    """Per-query loss and log-sum-exp by an online (running max, running sum) log-sum-exp."""
-    dtype = queries.dtype
+def _running_max_and_sum(scaled_queries, items, chunk):
+    """Online log-sum-exp of ``scaled_queries @ items.T`` per query: ``(running max, running sum)``."""
+    dtype = scaled_queries.dtype
     size, steps, tail = _utils.split_chunks(tf.shape(items, out_type=tf.int32)[0], chunk)
-    n = tf.shape(queries)[0]
-    # Scaled once: the logits of the running max and of the exp are then one matmul's output.
-    scaled_queries = queries * inv_temperature
+    n = tf.shape(scaled_queries)[0]
 
     def update(start, length, running_max, running_sum):
         block = tf.cast(_utils.row_block(items, start, length), dtype)
@@ -46,27 +44,36 @@ def _chunked_forward(queries, items, labels, chunk, inv_temperature):
         lambda i, m, s: (i + 1, *update(i * size, size, m, s)),
         (tf.constant(0), tf.fill([n], tf.constant(-np.inf, dtype)), tf.zeros([n], dtype)),
     )
-    running_max, running_sum = update(steps * size, tail, running_max, running_sum)
+    return update(steps * size, tail, running_max, running_sum)
+
+
+@tf.function(jit_compile=True)
+def _chunked_forward(queries, items, labels, chunk, inv_temperature):
+    """Per-query loss and log-sum-exp by an online (running max, running sum) log-sum-exp."""
+    dtype = queries.dtype
+    # Scaled once: the logits of the running max and of the exp are then one matmul's output.
+    scaled_queries = queries * inv_temperature
+    running_max, running_sum = _running_max_and_sum(scaled_queries, items, chunk)
     log_sum_exp = running_max + tf.math.log(running_sum)
     positives = tf.cast(tf.gather(items, labels), dtype)
     positive_logits = tf.reduce_sum(scaled_queries * positives, axis=1)
     return log_sum_exp - positive_logits, log_sum_exp
 
 
-@tf.function(jit_compile=True)
-def _chunked_backward(queries, items, labels, log_sum_exp, upstream, chunk, inv_temperature):
-    """Recomputes each chunk of logits: G = (softmax - onehot) * upstream / T; dQ = G W, dW = G^T Q."""
+def _gradient_loop(queries, items, chunk, inv_temperature, coefficients):
+    """Recomputes each chunk of logits and accumulates ``dQ = G W``, ``dW = G^T Q``.
+
+    ``coefficients(logits, rows)`` gives ``G`` for a chunk's logits ``[N, length]`` and global
+    ``rows`` ``[length]`` of the chunk.
+    """
     dtype = queries.dtype
     size, steps, tail = _utils.split_chunks(tf.shape(items, out_type=tf.int32)[0], chunk)
-    scale = (tf.cast(upstream, dtype) * inv_temperature)[:, None]
     scaled_queries = queries * inv_temperature
 
     def gradients(start, length):
         block = tf.cast(_utils.row_block(items, start, length), dtype)
         logits = tf.matmul(scaled_queries, block, transpose_b=True)
-        one_hot = tf.equal(labels[:, None], (start + tf.range(length))[None, :])
-        softmax = tf.exp(tf.minimum(logits - log_sum_exp[:, None], 0.0))  # <= 1, as above
-        g = (softmax - tf.cast(one_hot, dtype)) * scale
+        g = coefficients(logits, start + tf.range(length))
         return tf.matmul(g, block), tf.matmul(g, queries, transpose_a=True)
 
     def body(i, grad_queries, grad_items):
@@ -84,6 +91,20 @@ def _chunked_backward(queries, items, labels, log_sum_exp, upstream, chunk, inv_
     rows = (steps * size + tf.range(tail))[:, None]
     grad_items = tf.tensor_scatter_nd_add(grad_items, rows, grad_tail)
     return grad_queries + grad_tail_queries, tf.cast(grad_items, items.dtype)
+
+
+@tf.function(jit_compile=True)
+def _chunked_backward(queries, items, labels, log_sum_exp, upstream, chunk, inv_temperature):
+    """Recomputes each chunk of logits: G = (softmax - onehot) * upstream / T; dQ = G W, dW = G^T Q."""
+    dtype = queries.dtype
+    scale = (tf.cast(upstream, dtype) * inv_temperature)[:, None]
+
+    def coefficients(logits, rows):
+        one_hot = tf.equal(labels[:, None], rows[None, :])
+        softmax = tf.exp(tf.minimum(logits - log_sum_exp[:, None], 0.0))  # <= 1, as above
+        return (softmax - tf.cast(one_hot, dtype)) * scale
+
+    return _gradient_loop(queries, items, chunk, inv_temperature, coefficients)
 
 
 def _chunked_losses(queries, items, labels, chunk, inv_temperature):
@@ -104,26 +125,111 @@ def _chunked_losses(queries, items, labels, chunk, inv_temperature):
     return op(queries, items)
 
 
+# A sharded table: each shard's log-sum-exp and positive logits, and their gradients, are computed on
+# the shard's device by a custom gradient of its own (created under the shard's device, so that
+# everything reading the whole shard is placed there), and merged on the caller's device.
+
+
+@tf.function(jit_compile=True)
+def _shard_forward(queries, items, labels, chunk, inv_temperature):
+    """One shard's log-sum-exp ``[N]`` and positive logits ``[N]`` (0 where the label is elsewhere)."""
+    dtype = queries.dtype
+    scaled_queries = queries * inv_temperature
+    running_max, running_sum = _running_max_and_sum(scaled_queries, items, chunk)
+    here = tf.logical_and(labels >= 0, labels < tf.shape(items, out_type=labels.dtype)[0])
+    positives = tf.cast(tf.gather(items, tf.where(here, labels, 0)), dtype)
+    positive_logits = tf.reduce_sum(scaled_queries * positives, axis=1)
+    log_sum_exp = running_max + tf.math.log(running_sum)
+    return log_sum_exp, tf.where(here, positive_logits, tf.zeros([], dtype))
+
+
+@tf.function(jit_compile=True)
+def _shard_backward(
+    queries, items, labels, log_sum_exp, upstream_lse, upstream_positive, chunk, inv_temperature
+):
+    """G = (softmax_shard * upstream_lse + onehot * upstream_positive) / T; dQ = G W, dW = G^T Q."""
+    dtype = queries.dtype
+    scale_lse = (tf.cast(upstream_lse, dtype) * inv_temperature)[:, None]
+    scale_positive = (tf.cast(upstream_positive, dtype) * inv_temperature)[:, None]
+
+    def coefficients(logits, rows):
+        one_hot = tf.equal(labels[:, None], rows[None, :])
+        softmax = tf.exp(tf.minimum(logits - log_sum_exp[:, None], 0.0))
+        return softmax * scale_lse + tf.cast(one_hot, dtype) * scale_positive
+
+    return _gradient_loop(queries, items, chunk, inv_temperature, coefficients)
+
+
+def _shard_losses(queries, part, labels, chunk, inv_temperature):
+    """``(log-sum-exp, positive logits)`` of one shard, with gradients, all on its device."""
+
+    @tf.custom_gradient
+    def op(q, w):
+        q, w = tf.stop_gradient(q), tf.stop_gradient(w)
+        log_sum_exp, positive_logits = _shard_forward(q, w, labels, chunk, inv_temperature)
+
+        def grad(upstream_lse, upstream_positive):
+            # The tape calls this outside the forward's device scope: placed again.
+            with _utils.on_device_of(part):
+                return _shard_backward(
+                    q,
+                    w,
+                    labels,
+                    log_sum_exp,
+                    tf.stop_gradient(upstream_lse),
+                    tf.stop_gradient(upstream_positive),
+                    chunk,
+                    inv_temperature,
+                )
+
+        return (log_sum_exp, positive_logits), grad
+
+    with _utils.on_device_of(part):
+        return op(queries, tf.convert_to_tensor(part))
+
+
+def _sharded_chunked_losses(queries, table, labels, chunk, inv_temperature):
+    """:func:`_chunked_losses` over a sharded table, never concatenated.
+
+    Each shard computes its log-sum-exp ``lse_s`` and its positive logits on its device (``[N]``
+    each travel back), merged as ``lse = M + log sum_s exp(lse_s - M)`` with ``M = max_s lse_s``;
+    backward, each shard recomputes its chunks on its device and keeps its dense gradient there
+    (``softmax = exp(logits - lse_s) * exp(lse_s - lse)``); the query gradients are summed.
+    """
+    log_sum_exps, positive_logits = [], []
+    for part, offset in table.parts:
+        size = chunk or tf.compat.dimension_value(part.shape[0]) or 1
+        lse, positive = _shard_losses(queries, part, labels - offset, size, inv_temperature)
+        log_sum_exps.append(lse)
+        positive_logits.append(positive)
+    stacked = tf.stack(log_sum_exps)
+    top = tf.stop_gradient(tf.reduce_max(stacked, axis=0))
+    log_sum_exp = top + tf.math.log(tf.reduce_sum(tf.exp(stacked - top), axis=0))
+    return log_sum_exp - tf.add_n(positive_logits)
+
+
 def catalog_cross_entropy_per_query(
     queries: tf.Tensor,
-    item_embeddings: tf.Tensor,
+    table: TableShards,
     labels: tf.Tensor,
     valid: tf.Tensor,
     chunk_size: int | None,
     temperature: float,
 ) -> tf.Tensor:
     """Per-query losses ``[N]`` (0 where not valid, NaN where a valid query reads a non-finite
-    value: its own embedding or any item row) of flattened, validated inputs."""
+    value: its own embedding or any item row) of flattened, validated inputs; ``table`` is a
+    :class:`~tfsmooth.ops.TableShards` (sharded: chunked shard by shard, whatever ``chunk_size``)."""
     dtype = _utils.compute_dtype(queries.dtype)
     # Rows that do not count are zeroed, so nothing they hold (padding, garbage) can reach the loss.
     queries = tf.where(valid[:, None], tf.cast(queries, dtype), tf.zeros([], dtype))
     # Every query reads every item: one non-finite row makes every loss NaN. One pass over the
     # table, next to the [N, C, d] work of the loss itself.
-    finite = tf.logical_and(
-        _utils.finite_rows(queries), tf.reduce_all(tf.math.is_finite(item_embeddings))
-    )
+    finite = tf.logical_and(_utils.finite_rows(queries), _utils.all_finite(table))
     inv_temperature = 1.0 / temperature
-    if chunk_size is None:
+    item_embeddings = table.parts[0][0]
+    if table.sharded:
+        losses = _sharded_chunked_losses(queries, table, labels, chunk_size, inv_temperature)
+    elif chunk_size is None:
         logits = tf.matmul(queries, tf.cast(item_embeddings, dtype), transpose_b=True)
         if temperature != 1.0:
             logits = logits * inv_temperature
@@ -180,11 +286,14 @@ def catalog_cross_entropy(
 
     Args:
         queries: float ``[..., d]``: query (e.g. sequence) embeddings.
-        item_embeddings: float ``[C, d]``: the item table (a tensor or variable).
+        item_embeddings: float ``[C, d]``: the item table (a tensor or variable), or a sharded one
+            (a ``ShardedVariable``, a list of shard variables): each shard's log-sum-exp and
+            gradient are computed on the shard's device and merged, never concatenating the
+            table; each shard gets its own dense gradient.
         labels: integer ``[...]`` (or ``[..., 1]``): the positive item of each query, in ``[0, C)``.
             Floats are accepted only with whole values (Keras hands labels over as float32).
-        chunk_size: int or None. Items per chunk; ``None`` materialises all logits. Values above
-            ``C`` are clipped to ``C``.
+        chunk_size: int or None. Items per chunk; ``None`` materialises all logits (a sharded
+            table: one chunk per shard). Values above ``C`` are clipped to ``C``.
         mask: optional ``[...]``, bool or 0/1: which queries count (e.g. not padding).
         temperature: float ``> 0``, representable in float32. Logits are divided by it.
 
@@ -236,8 +345,9 @@ class CatalogCrossEntropy(CatalogLoss):
         \\ell_i = \\log \\sum_{j=1}^{C} e^{x_i^\\top w_j / T} - x_i^\\top w_{y_i} / T
 
     Args:
-        item_embeddings: the item table: an ``Embedding`` layer, a variable, a tensor or a callable
-            returning ``[C, d]``. Not part of the config (bind it again after loading).
+        item_embeddings: the item table: an ``Embedding`` layer, a variable, a tensor, a sharded
+            table (a ``ShardedVariable`` or a list of shard variables, never concatenated) or a
+            callable returning ``[C, d]``. Not part of the config (bind it again after loading).
         chunk_size: int or None. Items per chunk; ``None`` materialises the ``[N, C]`` logits.
         temperature: float ``> 0``.
         reduction: ``"sum_over_batch_size"`` (weighted mean), ``"sum"`` or ``"none"``.

@@ -37,10 +37,13 @@ class _NegativeSamplingBinaryCrossEntropy(CatalogLoss):
         self.seed = check_seed("seed", seed)
 
     def per_query(self, queries, item_embeddings, labels, mask):
-        q, w, y, valid = _utils.prepare(queries, item_embeddings, labels, mask, "bce")
+        q, table, y, valid = _utils.prepare(queries, item_embeddings, labels, mask, "bce")
         dtype = _utils.compute_dtype(q.dtype)
         q = tf.where(valid[:, None], tf.cast(q, dtype), tf.zeros([], dtype))
-        num_items = tf.shape(w)[0] - 1
+        if table.sharded:
+            num_items = tf.constant(table.num_items - 1, tf.int32)
+        else:
+            num_items = tf.shape(table.parts[0][0])[0] - 1
         offsets = tf.random.uniform(
             [tf.shape(y)[0], self.num_negatives],
             maxval=tf.maximum(num_items - 1, 1),
@@ -49,8 +52,8 @@ class _NegativeSamplingBinaryCrossEntropy(CatalogLoss):
         )
         # Items 1..C without the positive: shift the positive by 1..C-1, cyclically.
         negatives = 1 + (tf.maximum(y - 1, 0)[:, None] + 1 + offsets) % tf.maximum(num_items, 1)
-        positive = tf.reduce_sum(q * tf.cast(tf.gather(w, y), dtype), axis=1)
-        negative = tf.einsum("nd,nkd->nk", q, tf.cast(tf.gather(w, negatives), dtype))
+        positive = tf.reduce_sum(q * tf.cast(_utils.gather_rows(table, y), dtype), axis=1)
+        negative = tf.einsum("nd,nkd->nk", q, tf.cast(_utils.gather_rows(table, negatives), dtype))
         losses = tf.nn.softplus(-positive) + tf.reduce_sum(tf.nn.softplus(negative), axis=1)
         return tf.where(valid, losses, tf.zeros_like(losses)), valid
 

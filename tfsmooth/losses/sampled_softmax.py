@@ -108,19 +108,26 @@ def _sampled_losses(queries, positives, negatives, positive_log_q, negative_log_
 
 
 def sampled_softmax_per_query(
-    queries, item_embeddings, labels, valid, num_sampled, sampling, log_q_correction,
+    queries, table, labels, valid, num_sampled, sampling, log_q_correction,
     remove_accidental_hits, seed,
 ):  # fmt: skip
     """Per-query losses ``[N]`` (0 where not valid, NaN where a valid query or an item row it
-    reads -- its positive or a sampled negative -- is not finite) of flattened, validated inputs."""
+    reads -- its positive or a sampled negative -- is not finite) of flattened, validated inputs;
+    ``table`` is a :class:`~tfsmooth.ops.TableShards` (sharded or not)."""
     dtype = _utils.compute_dtype(queries.dtype)
     queries = tf.where(valid[:, None], tf.cast(queries, dtype), tf.zeros([], dtype))
-    num_items = tf.shape(item_embeddings, out_type=tf.int32)[0]
-    static_items = item_embeddings.shape[0]
+    if table.sharded:
+        num_items = tf.constant(table.num_items, tf.int32)
+        static_items = table.num_items
+        shape = (table.num_items, table.dim)
+    else:
+        num_items = tf.shape(table.parts[0][0], out_type=tf.int32)[0]
+        static_items = table.parts[0][0].shape[0]
+        shape = table.parts[0][0].shape
     if not isinstance(sampling, str) and static_items is not None and sampling.size != static_items:
         raise ValueError(
             "`sampling` weights must have one entry per item. "
-            f"Received: {sampling.size} weights for item_embeddings of shape {item_embeddings.shape}"
+            f"Received: {sampling.size} weights for item_embeddings of shape {shape}"
         )
     sampled, log_probability = draw_candidates(sampling, num_items, num_sampled, seed)
     sampled = tf.stop_gradient(sampled)
@@ -135,9 +142,10 @@ def sampled_softmax_per_query(
         hits = tf.equal(labels[:, None], sampled[None, :])
     else:
         hits = tf.zeros([tf.shape(labels)[0], num_sampled], tf.bool)
-    # Gathers outside XLA: the table's gradient is a tf.IndexedSlices of the gathered rows.
-    positives = tf.gather(item_embeddings, labels)
-    negatives = tf.gather(item_embeddings, sampled)
+    # Gathers outside XLA: the table's gradient is a tf.IndexedSlices of the gathered rows (one per
+    # shard of a sharded table, each shard gathering its own rows).
+    positives = _utils.gather_rows(table, labels)
+    negatives = _utils.gather_rows(table, sampled)
     losses = _sampled_losses(queries, positives, negatives, positive_log_q, negative_log_q, hits)
     # Only the rows read are checked: the loss is sparse, and rows it never reads cannot reach it.
     finite = _utils.finite_rows(queries) & _utils.finite_rows(positives)
@@ -190,7 +198,8 @@ def sampled_softmax_cross_entropy(
 
     Args:
         queries: float ``[..., d]``.
-        item_embeddings: float ``[C, d]``.
+        item_embeddings: float ``[C, d]``, or a sharded table (a ``ShardedVariable``, a list of
+            shard variables): each shard gathers its own rows, the table is never concatenated.
         labels: integer ``[...]`` in ``[0, C)`` (floats only with whole values).
         num_sampled: int. Negatives per call, shared by the queries.
         sampling: the proposal Q: ``"uniform"``; ``"log_uniform"`` (Zipfian,
@@ -241,7 +250,8 @@ class SampledSoftmaxCrossEntropy(CatalogLoss):
         s_{ij} = x_i^\\top w_j - \\log\\big(S\\, Q(j)\\big)
 
     Args:
-        item_embeddings: the item table (an ``Embedding`` layer, a variable, a tensor or a callable).
+        item_embeddings: the item table (an ``Embedding`` layer, a variable, a tensor, a sharded
+            table -- a ``ShardedVariable`` or a list of shard variables -- or a callable).
         num_sampled: int.
         sampling: ``"uniform"``, ``"log_uniform"`` or a 1-D array of item weights (kept in the
             config as a list).

@@ -11,6 +11,7 @@ from tfsmooth._keras import register_serializable
 from tfsmooth._validation import check_bool, check_int, check_seed
 from tfsmooth.losses import _utils
 from tfsmooth.losses._base import CatalogLoss
+from tfsmooth.ops.shards import TableShards, sharded_top_k
 
 __all__ = ["ScalableCrossEntropy", "scalable_cross_entropy"]
 
@@ -67,34 +68,53 @@ def _bucket_centres(queries, valid, n_buckets, mix_x, seed):
     return tf.matmul(draw, kept, transpose_a=True)
 
 
+def _top_queries(centres, queries, valid, x_cap, chunk):
+    x_values, x_index = _utils.running_top_k(centres, queries, x_cap, chunk, row_valid=valid)
+    x_values, order = tf.math.top_k(x_values, x_cap, sorted=True)
+    return tf.gather(x_index, order, batch_dims=1), x_values > -np.inf
+
+
 @tf.function(jit_compile=True)
 def _select(centres, queries, valid, items, x_cap, y_size, chunk):
     """Top ``x_cap`` valid queries (best first) and top ``y_size`` items of every bucket."""
-    x_values, x_index = _utils.running_top_k(centres, queries, x_cap, chunk, row_valid=valid)
-    x_values, order = tf.math.top_k(x_values, x_cap, sorted=True)
-    x_index = tf.gather(x_index, order, batch_dims=1)
+    x_index, x_counts = _top_queries(centres, queries, valid, x_cap, chunk)
     _, y_index = _utils.running_top_k(centres, items, y_size, chunk)
-    return x_index, x_values > -np.inf, y_index
+    return x_index, x_counts, y_index
 
 
-def select_buckets(queries, items, valid, n_buckets, bucket_size_x, bucket_size_y, mix_x, seed):
+@tf.function(jit_compile=True)
+def _select_queries(centres, queries, valid, x_cap, chunk):
+    """The query half of :func:`_select` (a sharded table's items are selected shard by shard)."""
+    return _top_queries(centres, queries, valid, x_cap, chunk)
+
+
+def select_buckets(queries, table, valid, n_buckets, bucket_size_x, bucket_size_y, mix_x, seed):
     """Returns ``(x_index [n_b, b_x], x_counts [n_b, b_x] bool, y_index [n_b, b_y])``, no gradient.
 
-    ``x_counts`` is False for slots that hold no valid query (fewer valid queries than
-    ``bucket_size_x``) and for the surplus of the default sizes (see :func:`_bucket_counts`).
+    ``table`` is a :class:`~tfsmooth.ops.TableShards`. ``x_counts`` is False for slots that hold
+    no valid query (fewer valid queries than ``bucket_size_x``) and for the surplus of the default
+    sizes (see :func:`_bucket_counts`).
     """
     queries = tf.stop_gradient(queries)
-    items = tf.stop_gradient(items)
     n_rows = tf.shape(queries, out_type=tf.int32)[0]
     n_valid = tf.reduce_sum(tf.cast(valid, tf.int32))
     buckets_cap, buckets_active, x_cap, x_active = _bucket_counts(
         n_valid, n_rows, n_buckets, bucket_size_x
     )
-    y_size = tf.minimum(tf.constant(bucket_size_y, tf.int32), tf.shape(items, out_type=tf.int32)[0])
     centres = _bucket_centres(queries, valid, buckets_cap, mix_x, seed)
-    x_index, x_counts, y_index = _select(
-        centres, queries, valid, items, x_cap, y_size, SELECTION_CHUNK
-    )
+    if table.sharded:
+        y_size = tf.constant(min(bucket_size_y, table.num_items), tf.int32)
+        x_index, x_counts = _select_queries(centres, queries, valid, x_cap, SELECTION_CHUNK)
+        # Shard by shard on each shard's device, merged as over the whole table.
+        _, y_index = sharded_top_k(centres, table, y_size, SELECTION_CHUNK)
+    else:
+        items = tf.stop_gradient(table.parts[0][0])
+        y_size = tf.minimum(
+            tf.constant(bucket_size_y, tf.int32), tf.shape(items, out_type=tf.int32)[0]
+        )
+        x_index, x_counts, y_index = _select(
+            centres, queries, valid, items, x_cap, y_size, SELECTION_CHUNK
+        )
     if bucket_size_x is None:
         x_counts = tf.logical_and(x_counts, (tf.range(x_cap) < x_active)[None, :])
     if n_buckets is None:
@@ -105,35 +125,37 @@ def select_buckets(queries, items, valid, n_buckets, bucket_size_x, bucket_size_
 # ----------------------------------------------------------------------------------------------------
 # The differentiable part: cross-entropy inside the buckets, a few buckets at a time.
 #
-# Forward and backward are XLA loops over groups of BUCKET_CHUNK buckets; each gathers its queries
-# and items, computes their logits and drops them, so the [n_b, b_x, b_y] logits never exist at
-# once. The backward recomputes the logits and returns the item table's gradient as a
-# tf.IndexedSlices over the gathered rows.
+# The chosen rows [n_b, b_y, d] are gathered once, outside XLA (ops.gather_rows: shard by shard for
+# a sharded table); their gradient through the gather is the table's tf.IndexedSlices (one per
+# shard). Forward and backward are XLA loops over groups of BUCKET_CHUNK buckets; each gathers its
+# queries, slices its items, computes their logits and drops them, so the [n_b, b_x, b_y] logits
+# never exist at once. The backward recomputes the logits.
 
 #: Buckets per step of the bucket loops.
 BUCKET_CHUNK = 16
 
 
-def _bucket_logits(queries, items, labels, x_index, y_index, start, length, dtype):
+def _bucket_logits(queries, y_rows, labels, x_index, y_index, start, length, dtype):
     """Logits of buckets [start, start + length): ([g, b_x, b_y] with -inf at own positives, parts)."""
     xi = tf.slice(x_index, tf.stack([start, 0]), tf.stack([length, tf.shape(x_index)[1]]))
     yi = tf.slice(y_index, tf.stack([start, 0]), tf.stack([length, tf.shape(y_index)[1]]))
     xb = tf.gather(queries, xi)
-    yb = tf.cast(tf.gather(items, yi), dtype)
+    size = tf.shape(y_rows)
+    yb = tf.slice(y_rows, tf.stack([start, 0, 0]), tf.stack([length, size[1], size[2]]))
     logits = tf.matmul(xb, yb, transpose_b=True)
     own_positive = tf.equal(tf.gather(labels, xi)[:, :, None], yi[:, None, :])
     return tf.where(own_positive, tf.constant(-np.inf, dtype), logits), xi, xb, yb
 
 
 @tf.function(jit_compile=True)
-def _buckets_forward(queries, items, positive_logits, labels, x_index, y_index, chunk):
+def _buckets_forward(queries, y_rows, positive_logits, labels, x_index, y_index, chunk):
     """Per (bucket, query) log-sum-exp over [bucket items without the positive, the positive]."""
     dtype = queries.dtype
     size, steps, tail = _utils.split_chunks(tf.shape(x_index, out_type=tf.int32)[0], chunk)
 
     def log_sum_exp(start, length):
         logits, xi, _, _ = _bucket_logits(
-            queries, items, labels, x_index, y_index, start, length, dtype
+            queries, y_rows, labels, x_index, y_index, start, length, dtype
         )
         positives = tf.gather(positive_logits, xi)
         top = tf.maximum(tf.reduce_max(logits, axis=2), positives)
@@ -152,9 +174,9 @@ def _buckets_forward(queries, items, positive_logits, labels, x_index, y_index, 
 
 @tf.function(jit_compile=True)
 def _buckets_backward(
-    queries, items, positive_logits, labels, x_index, y_index, log_sum_exp, upstream, chunk
+    queries, y_rows, positive_logits, labels, x_index, y_index, log_sum_exp, upstream, chunk
 ):
-    """Gradients of sum(upstream * (lse - positive)) for queries, gathered items and positives."""
+    """Gradients of sum(upstream * (lse - positive)) for queries, chosen rows and positives."""
     dtype = queries.dtype
     n_b = tf.shape(x_index, out_type=tf.int32)[0]
     size, steps, tail = _utils.split_chunks(n_b, chunk)
@@ -162,7 +184,7 @@ def _buckets_backward(
 
     def gradients(start, length, grad_queries, grad_items, grad_positives):
         logits, xi, xb, yb = _bucket_logits(
-            queries, items, labels, x_index, y_index, start, length, dtype
+            queries, y_rows, labels, x_index, y_index, start, length, dtype
         )
         rows = (start + tf.range(length))[:, None]
         lse = tf.gather_nd(log_sum_exp, rows)
@@ -189,33 +211,28 @@ def _buckets_backward(
     return gradients(steps * size, tail, *grads)
 
 
-def _bucket_losses(queries, items, positive_logits, labels, x_index, y_index):
-    """Losses [n_b, b_x] with gradients to queries (dense), items (IndexedSlices) and positives."""
+def _bucket_losses(queries, y_rows, positive_logits, labels, x_index, y_index):
+    """Losses [n_b, b_x] with gradients to queries, the chosen rows [n_b, b_y, d] and positives."""
 
     @tf.custom_gradient
-    def op(q, w, positives):
-        q, w, positives = tf.stop_gradient(q), tf.stop_gradient(w), tf.stop_gradient(positives)
-        lse = _buckets_forward(q, w, positives, labels, x_index, y_index, BUCKET_CHUNK)
+    def op(q, rows, positives):
+        q, rows = tf.stop_gradient(q), tf.stop_gradient(rows)
+        positives = tf.stop_gradient(positives)
+        lse = _buckets_forward(q, rows, positives, labels, x_index, y_index, BUCKET_CHUNK)
 
         def grad(upstream):
-            grad_q, grad_items, grad_positives = _buckets_backward(
-                q, w, positives, labels, x_index, y_index, lse, upstream, BUCKET_CHUNK
+            return _buckets_backward(
+                q, rows, positives, labels, x_index, y_index, lse, upstream, BUCKET_CHUNK
             )
-            grad_w = tf.IndexedSlices(
-                tf.cast(tf.reshape(grad_items, [-1, tf.shape(w)[1]]), w.dtype),
-                tf.reshape(y_index, [-1]),
-                dense_shape=tf.shape(w, out_type=tf.int64),
-            )
-            return grad_q, grad_w, grad_positives
 
         return lse - tf.gather(positives, x_index), grad
 
-    return op(queries, items, positive_logits)
+    return op(queries, y_rows, positive_logits)
 
 
 def scalable_cross_entropy_per_query(
     queries: tf.Tensor,
-    item_embeddings: tf.Tensor,
+    table: TableShards,
     labels: tf.Tensor,
     valid: tf.Tensor,
     n_buckets: int | None,
@@ -226,21 +243,23 @@ def scalable_cross_entropy_per_query(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Per-query losses ``[N]`` and which queries count (valid and chosen by a bucket).
 
-    A valid query that is not finite, or every valid query when the item table holds a non-finite
-    value (the selection reads all of it), counts with a NaN loss, chosen or not.
+    ``table`` is the item table as a :class:`~tfsmooth.ops.TableShards` (sharded or not). A valid
+    query that is not finite, or every valid query when the item table holds a non-finite value
+    (the selection reads all of it), counts with a NaN loss, chosen or not.
     """
     dtype = _utils.compute_dtype(queries.dtype)
     queries = tf.where(valid[:, None], tf.cast(queries, dtype), tf.zeros([], dtype))
-    finite = tf.logical_and(
-        _utils.finite_rows(queries), tf.reduce_all(tf.math.is_finite(item_embeddings))
-    )
+    finite = tf.logical_and(_utils.finite_rows(queries), _utils.all_finite(table))
     x_index, x_counts, y_index = select_buckets(
-        queries, item_embeddings, valid, n_buckets, bucket_size_x, bucket_size_y, mix_x, seed
+        queries, table, valid, n_buckets, bucket_size_x, bucket_size_y, mix_x, seed
     )
-    # The positive logits, with gradient (the gather gives the table an IndexedSlices gradient).
-    positives = tf.cast(tf.gather(item_embeddings, labels), dtype)
+    # The positive logits and the chosen rows, with gradient: the gathers give the table (each
+    # shard) an IndexedSlices gradient; they are the only rows of the table the loss reads.
+    positives = tf.cast(_utils.gather_rows(table, labels), dtype)
     positive_logits = tf.reduce_sum(queries * positives, axis=1)
-    losses = _bucket_losses(queries, item_embeddings, positive_logits, labels, x_index, y_index)
+    y_rows = tf.cast(_utils.gather_rows(table, tf.reshape(y_index, [-1])), dtype)
+    y_rows = tf.reshape(y_rows, tf.concat([tf.shape(y_index), tf.shape(queries)[1:]], 0))
+    losses = _bucket_losses(queries, y_rows, positive_logits, labels, x_index, y_index)
     # A query chosen by several buckets takes its largest loss (its hardest bucket).
     flat_index = tf.reshape(x_index, [-1])
     flat_counts = tf.reshape(x_counts, [-1])
@@ -320,7 +339,14 @@ def scalable_cross_entropy(
 
     Args:
         queries: float ``[..., d]``: query (e.g. sequence) embeddings.
-        item_embeddings: float ``[C, d]``: the item table.
+        item_embeddings: float ``[C, d]``: the item table, or a sharded one (a
+            ``ShardedVariable``, a list of shard variables), never concatenated: the selection
+            runs a top-k per shard on the shard's device, merged by (score, index) as over one
+            table, and only the chosen rows and the positives are gathered (each shard's gradient
+            is a ``tf.IndexedSlices`` of its local rows). The result is the unsharded one up to
+            rounding: XLA may round a centre-item score differently in a block of another row
+            count, so items whose scores are within an ulp may be ordered (or, at the cut,
+            chosen) differently.
         labels: integer ``[...]`` (or ``[..., 1]``): the positive items, in ``[0, C)`` (floats only
             with whole values).
         n_buckets: int or None. Number of buckets; None: ``floor(2 sqrt(valid queries))``.
@@ -384,8 +410,9 @@ class ScalableCrossEntropy(CatalogLoss):
             \\{y_i\\}} e^{x_i^\\top w_j}\\Big) - x_i^\\top w_{y_i}\\Big]
 
     Args:
-        item_embeddings: the item table: an ``Embedding`` layer, a variable, a tensor or a callable
-            returning ``[C, d]``. Not part of the config (bind it again after loading).
+        item_embeddings: the item table: an ``Embedding`` layer, a variable, a tensor, a sharded
+            table (a ``ShardedVariable`` or a list of shard variables, never concatenated) or a
+            callable returning ``[C, d]``. Not part of the config (bind it again after loading).
         n_buckets: int or None (``floor(2 sqrt(valid queries))``).
         bucket_size_x: int or None (``floor(2 sqrt(valid queries))``).
         bucket_size_y: int.

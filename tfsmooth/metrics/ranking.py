@@ -3,6 +3,14 @@
 NaN scores (a NaN query, a NaN item row) rank last, never first: a NaN score counts as ``-inf``, so
 it is never ahead of a finite one, and a query whose own true item scores NaN gets rank ``C`` (after
 every item, a rank no scored item can have) and is a miss (HR 0, NDCG 0) whatever ``k``.
+
+A sharded item table (a ``ShardedVariable`` as parameter-server training creates, a list of shard
+variables, or an ``Embedding`` layer holding one) is ranked shard by shard, never concatenated: the
+true items' rows are gathered from their shards (:func:`tfsmooth.ops.gather_rows`), each shard
+counts the items ahead of the true item on its own device (only ``[B]`` counts travel), and the
+counts are summed, exactly (integers). The ranks are those of the concatenated table, except that
+an item scoring within float rounding of the true item may fall on either side, as with another
+``chunk_size``: a score's rounding may depend on the shape of the block it is computed in.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from tfsmooth._keras import register_serializable
 from tfsmooth._validation import check_int
 from tfsmooth.ops.checks import check_queries_and_table, integer_labels
 from tfsmooth.ops.chunks import row_block, split_chunks
+from tfsmooth.ops.shards import TableShards, gather_rows, on_device_of, table_shards
 
 __all__ = ["catalog_rank", "catalog_ranking_metrics", "hit_rate_and_ndcg"]
 
@@ -45,19 +54,56 @@ def _count_ahead(queries, items, labels, target_scores, chunk):
     return counts + count(steps * size, tail)
 
 
+def _sharded_table(item_embeddings: Any) -> TableShards | None:
+    """The shards of a sharded item table (see :func:`tfsmooth.ops.table_shards`), else ``None``.
+
+    Tensors, arrays and anything :func:`~tfsmooth.ops.table_shards` refuses are left to the usual
+    (unsharded) path and its checks, so their results and errors do not change.
+    """
+    if item_embeddings is None or isinstance(item_embeddings, (tf.Tensor, np.ndarray, np.generic)):
+        return None
+    try:
+        table = table_shards(item_embeddings)
+    except (TypeError, ValueError):
+        return None
+    return table if table.sharded else None
+
+
+def _num_items(items: Any) -> Any:
+    """``C`` of a table: static for a sharded one, an int32 scalar tensor otherwise."""
+    if isinstance(items, TableShards):
+        return items.num_items
+    return tf.shape(items, out_type=tf.int32)[0]
+
+
 def _excluded_ahead(queries, items, labels, target_scores, exclude):
     """How many distinct excluded items (not the label, in range) score >= the label's score."""
     exclude = tf.cast(tf.convert_to_tensor(exclude), tf.int32)
-    num_items = tf.shape(items, out_type=tf.int32)[0]
+    num_items = _num_items(items)
     ordered = tf.sort(exclude, axis=1)
     repeated = tf.concat(
         [tf.zeros_like(ordered[:, :1], tf.bool), tf.equal(ordered[:, 1:], ordered[:, :-1])], axis=1
     )
     usable = (ordered >= 0) & (ordered < num_items) & ~repeated & (ordered != labels[:, None])
     safe = tf.where(usable, ordered, tf.zeros_like(ordered))
-    scores = tf.einsum("bd,bmd->bm", queries, tf.cast(tf.gather(items, safe), tf.float32))
+    rows = gather_rows(items, safe) if isinstance(items, TableShards) else tf.gather(items, safe)
+    scores = tf.einsum("bd,bmd->bm", queries, tf.cast(rows, tf.float32))
     scores = _without_nan(scores)
     return tf.reduce_sum(tf.cast(usable & (scores >= target_scores[:, None]), tf.int32), axis=1)
+
+
+def _check_sharded_queries(queries: tf.Tensor, table: TableShards) -> tf.Tensor:
+    """:func:`check_queries_and_table` for a sharded table (its shape read off the shards)."""
+    if queries.shape.rank is not None and queries.shape.rank != 2:
+        raise ValueError(
+            f"`queries` must have shape [B, d]. Received: queries.shape={queries.shape}"
+        )
+    if queries.shape[-1] is not None and table.dim is not None and queries.shape[-1] != table.dim:
+        raise ValueError(
+            "`queries` and `item_embeddings` must have the same last dimension d. Received: "
+            f"queries.shape={queries.shape}, item_embeddings.shape=({table.num_items}, {table.dim})"
+        )
+    return queries
 
 
 def _validated(queries, item_embeddings, labels, chunk_size):
@@ -65,9 +111,16 @@ def _validated(queries, item_embeddings, labels, chunk_size):
     for name, value in (("queries", queries), ("item_embeddings", item_embeddings)):
         if value is None:
             raise TypeError(f"`{name}` must be a float tensor. Received: {name}=None")
-    queries, item_embeddings = check_queries_and_table(
-        tf.cast(tf.convert_to_tensor(queries), tf.float32), item_embeddings, query_rank=2
-    )
+    sharded = _sharded_table(item_embeddings)
+    if sharded is None:
+        queries, item_embeddings = check_queries_and_table(
+            tf.cast(tf.convert_to_tensor(queries), tf.float32), item_embeddings, query_rank=2
+        )
+    else:
+        queries = _check_sharded_queries(
+            tf.cast(tf.convert_to_tensor(queries), tf.float32), sharded
+        )
+        item_embeddings = sharded
     labels = tf.cast(integer_labels(labels, "labels"), tf.int32)
     if labels.shape.rank is not None and labels.shape.rank == 2 and labels.shape[-1] == 1:
         labels = tf.squeeze(labels, -1)
@@ -76,7 +129,7 @@ def _validated(queries, item_embeddings, labels, chunk_size):
             "`labels` must have shape [B], one per query. "
             f"Received: labels.shape={labels.shape}, queries.shape={queries.shape}"
         )
-    num_items = tf.shape(item_embeddings, out_type=tf.int32)[0]
+    num_items = _num_items(item_embeddings)
     if tf.executing_eagerly():
         values = labels.numpy()
         bad = values[(values < 0) | (values >= int(num_items))]
@@ -96,13 +149,35 @@ def _validated(queries, item_embeddings, labels, chunk_size):
     return queries, item_embeddings, labels, chunk_size
 
 
+def _sharded_count_ahead(queries, table, labels, targets, chunk_size):
+    """:func:`_count_ahead` shard by shard, each on its shard's device; the counts summed (exact)."""
+    counts = []
+    for part, offset in table.parts:
+        with on_device_of(part):
+            # Read where the shard lives (``read_value`` keeps the device scope, a conversion
+            # does not), counted there: only [B] counts travel.
+            rows = (
+                part.read_value() if isinstance(part, tf.Variable) else tf.convert_to_tensor(part)
+            )
+            # Shard-local labels: a label outside this shard matches none of its rows.
+            counts.append(_count_ahead(queries, rows, labels - offset, targets, chunk_size))
+    return tf.add_n(counts)
+
+
 def _ranks(queries, item_embeddings, labels, exclude, chunk_size):
     """Ranks ``[B]`` int32 of validated inputs; ``C`` where the true item scores NaN."""
-    num_items = tf.shape(item_embeddings, out_type=tf.int32)[0]
-    targets = tf.reduce_sum(queries * tf.cast(tf.gather(item_embeddings, labels), tf.float32), 1)
+    num_items = _num_items(item_embeddings)
+    if isinstance(item_embeddings, TableShards):
+        rows = gather_rows(item_embeddings, labels)
+    else:
+        rows = tf.gather(item_embeddings, labels)
+    targets = tf.reduce_sum(queries * tf.cast(rows, tf.float32), 1)
     target_is_nan = tf.math.is_nan(targets)
     targets = _without_nan(targets)
-    ranks = _count_ahead(queries, item_embeddings, labels, targets, chunk_size)
+    if isinstance(item_embeddings, TableShards):
+        ranks = _sharded_count_ahead(queries, item_embeddings, labels, targets, chunk_size)
+    else:
+        ranks = _count_ahead(queries, item_embeddings, labels, targets, chunk_size)
     if exclude is not None:
         ranks -= _excluded_ahead(queries, item_embeddings, labels, targets, exclude)
     return tf.where(target_is_nan, num_items, ranks)
@@ -131,7 +206,9 @@ def catalog_rank(
 
     Args:
         queries: float ``[B, d]``.
-        item_embeddings: float ``[C, d]``.
+        item_embeddings: float ``[C, d]``, or a sharded table (a ``ShardedVariable``, a list of
+            shard variables, an ``Embedding`` layer holding one), ranked shard by shard on each
+            shard's device without concatenating it.
         labels: integer ``[B]`` in ``[0, C)``: the true items (floats only with whole values).
         exclude: optional integer ``[B, M]``: items not to rank for each query (e.g. the items of
             its history, as the usual "filter seen items" protocol does). Entries outside ``[0, C)``
@@ -152,6 +229,10 @@ def catalog_rank(
     >>> from tfsmooth.metrics.ranking import catalog_rank
     >>> catalog_rank(tf.constant([[1.0, 0.0]]), tf.constant([[0.0, 1.0], [2.0, 0.0], [1.0, 0.0]]),
     ...              tf.constant([2])).numpy()
+    array([1], dtype=int32)
+    >>> shards = [tf.Variable([[0.0, 1.0]]), tf.Variable([[2.0, 0.0], [1.0, 0.0]])]  # the same table
+    >>> table = tf.__internal__.distribute.ShardedVariable(shards)
+    >>> catalog_rank(tf.constant([[1.0, 0.0]]), table, tf.constant([2])).numpy()
     array([1], dtype=int32)
     """
     queries, item_embeddings, labels, chunk_size = _validated(
@@ -222,7 +303,7 @@ def catalog_ranking_metrics(
 
     Args:
         queries: float ``[B, d]``.
-        item_embeddings: float ``[C, d]``.
+        item_embeddings: float ``[C, d]``, or a sharded table (see :func:`catalog_rank`).
         labels: integer ``[B]``.
         k: int ``>= 1``. The cut-off.
         exclude: optional ``[B, M]`` items not to rank (see :func:`catalog_rank`).
@@ -251,5 +332,5 @@ def catalog_ranking_metrics(
         queries, item_embeddings, labels, chunk_size
     )
     ranks = _ranks(queries, item_embeddings, labels, exclude, chunk_size)
-    hit, ndcg = hit_rate_and_ndcg(ranks, k, tf.shape(item_embeddings)[0])
+    hit, ndcg = hit_rate_and_ndcg(ranks, k, _num_items(item_embeddings))
     return {"hit_rate": hit, "ndcg": ndcg, "rank": ranks}

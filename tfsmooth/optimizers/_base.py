@@ -16,16 +16,21 @@ reduction over the gradient (for a sparse gradient, over its rows only) and a se
 no host round trip, the same under XLA. Weight decay, applied by the Keras base optimizer before
 the update, is not skipped; with ``global_clipnorm`` one non-finite coordinate makes every
 gradient non-finite, so the whole step is skipped.
+
+**Sharded tables.** The shards of one ``ShardedVariable`` are one variable (see
+``tfsmooth.optimizers._sharding``): a non-finite gradient in any of them skips every shard of the
+table, and the counter grows by one.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 
 from tfsmooth import _keras
 from tfsmooth._validation import check_float, is_number
+from tfsmooth.optimizers import _sharding
 
 __all__ = [
     "OptimizerBase",
@@ -129,6 +134,21 @@ class _NonfiniteCounter:
         return getattr(self, "_nonfinite_gradients", None)
 
 
+class TableStep(NamedTuple):
+    """What the step of one shard takes from its whole table (computed before any update).
+
+    Attributes:
+        finite: boolean scalar, every shard's gradient is finite.
+        headroom: the table's Clippy headroom (the smallest of its shards'), or ``None`` where
+            each shard keeps its own (per-row factors, optimizers without a factor).
+        counts: this shard counts the table's skip (one shard per table does).
+    """
+
+    finite: tf.Tensor
+    headroom: tf.Tensor | None
+    counts: bool
+
+
 class OptimizerBase(_NonfiniteCounter, _keras.OptimizerAdapter):
     """The base of tfsmooth's optimizers, with one API in both Keras flavours.
 
@@ -139,6 +159,11 @@ class OptimizerBase(_NonfiniteCounter, _keras.OptimizerAdapter):
     already evaluated) and ``finite`` a boolean scalar tensor: when false, the update must leave
     the variable and its state unchanged (see the module docstring). :meth:`variable_index` finds
     a variable's state.
+
+    Shards of one table: before the per-variable updates the adapter calls
+    :meth:`prepare_update`, which computes each table's :class:`TableStep` (a subclass with a
+    per-variable factor provides its shards' part through :meth:`shard_headroom`); the update of a
+    shard finds it with :meth:`table_step`.
     """
 
     def build_state(self, variables: list) -> None:
@@ -154,14 +179,71 @@ class OptimizerBase(_NonfiniteCounter, _keras.OptimizerAdapter):
     ) -> None:
         raise NotImplementedError
 
+    def shard_headroom(
+        self, gradient: Any, variable: tf.Variable, learning_rate: Any
+    ) -> tf.Tensor | None:
+        """The Clippy headroom of one shard's step (``1 / rho_s``), or ``None`` when the step of
+        this shard has no per-variable factor. ``gradient`` is deduplicated. Called on the
+        shard's device, before any update of the step."""
+        return None
+
+    def prepare_update(
+        self, grads_and_vars: list, learning_rate: Any, *, deduplicated: bool
+    ) -> bool:
+        """Computes the :class:`TableStep` of every sharded table in ``grads_and_vars``.
+
+        Called by the adapter before the per-variable updates of a step (in the strategy's
+        cross-replica context). Returns whether there was any shard (then the updates read
+        tensors computed here, and the adapter must not trace them into a separate function).
+        """
+        gradients = [g for g, _ in grads_and_vars]
+        variables = [v for _, v in grads_and_vars]
+        steps: dict[int, TableStep] = {}
+        for positions in _sharding.shard_groups(variables, gradients):
+            finite, headrooms = [], []
+            for position in positions:
+                gradient, variable = grads_and_vars[position]
+                with _sharding.on_device_of(variable):
+                    if isinstance(gradient, tf.IndexedSlices) and not deduplicated:
+                        gradient = deduplicate_sparse(gradient)
+                    finite.append(is_finite_gradient(gradient))
+                    headroom = self.shard_headroom(gradient, variable, learning_rate)
+                if headroom is not None:
+                    headrooms.append(headroom)
+            table = TableStep(
+                _sharding.all_true(finite),
+                _sharding.smallest(headrooms) if headrooms else None,
+                False,
+            )
+            for n, position in enumerate(positions):
+                steps[self.variable_index(variables[position])] = table._replace(counts=n == 0)
+        # Not through the trackable __setattr__: tensors of this step, nothing to checkpoint.
+        object.__setattr__(self, "_table_steps", steps)
+        return bool(steps)
+
+    def finish_update(self) -> None:
+        """Called by the adapter after the per-variable updates: forgets the step's tables."""
+        object.__setattr__(self, "_table_steps", {})
+
+    def table_step(self, variable: Any) -> TableStep | None:
+        """The :class:`TableStep` of a shard in the current step, ``None`` for other variables."""
+        steps = getattr(self, "_table_steps", None)
+        return steps.get(self.variable_index(variable)) if steps else None
+
     def update_variable(
         self, gradient: Any, variable: tf.Variable, learning_rate: Any, *, deduplicated: bool
     ) -> None:
         """Called by the adapter's ``update_step`` for each variable."""
         if isinstance(gradient, tf.IndexedSlices) and not deduplicated:
             gradient = deduplicate_sparse(gradient)
-        finite = is_finite_gradient(gradient)
-        self.count_nonfinite(finite)
+        table = self.table_step(variable)
+        if table is None:
+            finite = is_finite_gradient(gradient)
+            self.count_nonfinite(finite)
+        else:  # a shard: skipped with its whole table, which counts once
+            finite = table.finite
+            if table.counts:
+                self.count_nonfinite(finite)
         self.apply_update(gradient, variable, learning_rate, finite)
 
     def get_config(self) -> dict:
@@ -196,7 +278,8 @@ class OptimizerWrapperBase(_NonfiniteCounter, _keras.OptimizerWrapperAdapter):
 
     def _skip_nonfinite(self, update, gradient, variable):
         finite = is_finite_gradient(gradient)
-        self.count_nonfinite(finite)
+        if not _sharding.is_shard(variable):  # shards: counted once per table by apply_wrapped
+            self.count_nonfinite(finite)
         # Without a conditional where possible: under XLA a conditional around in-place updates
         # copies the whole variable and its state, so a sparse step would cost O(table).
         if isinstance(self.inner_optimizer, OptimizerBase):
@@ -221,10 +304,34 @@ class OptimizerWrapperBase(_NonfiniteCounter, _keras.OptimizerWrapperAdapter):
         raise NotImplementedError
 
     def apply_wrapped(self, gradients: list, variables: list, apply_inner, aggregated: bool):
-        """Called by the adapter: ``before_apply``, the inner step, ``after_apply``."""
+        """Called by the adapter: ``before_apply``, the inner step, ``after_apply``.
+
+        The shards of a table whose gradient is not finite somewhere reach the inner optimizer
+        with a NaN gradient, so that its guard skips all of them; the table counts once.
+        """
         before, inner_gradients = self.before_apply(gradients, variables, aggregated)
+        natives = [_keras.native_variable(v) for v in variables]
+        tables = []
+        for positions in _sharding.shard_groups(natives, gradients):
+            flags = []
+            for position in positions:
+                with _sharding.on_device_of(natives[position]):
+                    flags.append(is_finite_gradient(gradients[position]))
+            finite = _sharding.all_true(flags)
+            for position in positions:
+                inner_gradients[position] = _nan_unless(finite, inner_gradients[position])
+            tables.append(finite)
         apply_inner(inner_gradients)
         self.after_apply(gradients, variables, before, aggregated)
+        if tables:
+            tf.__internal__.distribute.interim.maybe_merge_call(
+                self._count_tables, tf.distribute.get_strategy(), tables
+            )
+
+    def _count_tables(self, distribution, finite: list) -> None:
+        del distribution  # the counter is updated once, in cross-replica context
+        counter = _keras.native_variable(self._nonfinite_gradients)
+        counter.assign_add(tf.add_n([tf.cast(tf.logical_not(f), counter.dtype) for f in finite]))
 
     @property
     def iterations(self):
@@ -264,6 +371,19 @@ def _zero_unless(finite: tf.Tensor, gradient: Any) -> Any:
         values = tf.where(finite, gradient.values, tf.zeros_like(gradient.values))
         return tf.IndexedSlices(values, gradient.indices, gradient.dense_shape)
     return tf.where(finite, gradient, tf.zeros_like(gradient))
+
+
+def _nan_unless(finite: tf.Tensor, gradient: Any) -> Any:
+    """``gradient`` where ``finite``, else NaN of its shape (dense or sparse)."""
+    if isinstance(gradient, tf.IndexedSlices):
+        values = gradient.values
+        nan = tf.fill(tf.shape(values), tf.constant(float("nan"), values.dtype))
+        return tf.IndexedSlices(
+            tf.where(finite, values, nan), gradient.indices, gradient.dense_shape
+        )
+    gradient = tf.convert_to_tensor(gradient)
+    nan = tf.fill(tf.shape(gradient), tf.constant(float("nan"), gradient.dtype))
+    return tf.where(finite, gradient, nan)
 
 
 def _no_value(result: Any) -> tf.Tensor:

@@ -155,14 +155,19 @@ def shrink_update(
     return _shrink(update, references, relative, absolute, per_row)
 
 
-def _shrink(
+def _headroom(
     update: tf.Tensor,
     references: Sequence[Any],
     relative: Sequence[float],
     absolute: float,
     per_row: bool,
-) -> ShrunkUpdate:
-    """The rule without validation: the optimizers call this in their hot path."""
+) -> tf.Tensor:
+    """``min_i b_i / |u_i|`` (over the whole tensor, or per row) in the compute dtype: the
+    factor is ``min(1, headroom)`` and the ratio ``1 / headroom``.
+
+    A sharded table takes the smallest headroom over its shards; ``min`` is exact, so that is the
+    headroom of the whole table bit for bit, whatever the shards.
+    """
     dtype = compute_dtype(update.dtype)
     u = tf.cast(update, dtype)
     # b = lambda_abs + sum_j lambda_j |r_j|, summed in the order TFRS sums it (so results agree to
@@ -187,9 +192,32 @@ def _shrink(
         )
     if per_row:
         axes = list(range(1, u.shape.rank)) if u.shape.rank is not None else None
-        smallest = tf.reduce_min(headroom, axis=axes) if axes else headroom
-    else:
-        smallest = tf.reduce_min(headroom)
+        return tf.reduce_min(headroom, axis=axes) if axes else headroom
+    return tf.reduce_min(headroom)
+
+
+def _shrink(
+    update: tf.Tensor,
+    references: Sequence[Any],
+    relative: Sequence[float],
+    absolute: float,
+    per_row: bool,
+    headroom: tf.Tensor | None = None,
+) -> ShrunkUpdate:
+    """The rule without validation: the optimizers call this in their hot path.
+
+    ``headroom``, when given, is that of a whole sharded table (the smallest of its shards'
+    :func:`_headroom`), which sets the factor in place of this update's own.
+    """
+    dtype = compute_dtype(update.dtype)
+    u = tf.cast(update, dtype)
+    smallest = _headroom(u, references, relative, absolute, per_row)
+    if headroom is not None:
+        # The table's headroom is at most this shard's, so this is the table's, exactly. The
+        # shard's own is computed all the same so that the step's graph is the unsharded one:
+        # Grappler reassociates a product whose intermediate has one consumer (the update alone),
+        # which would round the shrunk update differently from the unsharded table's.
+        smallest = tf.minimum(smallest, tf.cast(headroom, dtype))
     # NaN in the update stays NaN in the result (NaN * factor); the factor itself is NaN too on
     # CPU/GPU kernels, while XLA's min may skip NaN.
     factor = tf.minimum(tf.constant(1.0, dtype), smallest)

@@ -8,9 +8,9 @@ import tensorflow as tf
 
 from tfsmooth import _keras
 from tfsmooth._validation import check_bool
-from tfsmooth.optimizers import _statistics
+from tfsmooth.optimizers import _sharding, _statistics
 from tfsmooth.optimizers._base import OptimizerWrapperBase, deduplicate_sparse
-from tfsmooth.optimizers.clipping import _shrink
+from tfsmooth.optimizers.clipping import _headroom, _shrink
 from tfsmooth.optimizers.clippy_adagrad import ClippyAdagrad
 from tfsmooth.optimizers.lazy_adam import LazyAdam
 
@@ -34,6 +34,17 @@ def _computed_after(rows: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
     values = tf.cast(values, rows.dtype) if values.dtype != rows.dtype else values
     both = tf.logical_and(tf.math.is_nan(rows), tf.math.is_nan(values))
     return tf.where(both, rows, values)
+
+
+def _moved(variable: Any, old: Any) -> tuple:
+    """``(new, old, new - old)`` after the inner step: the touched rows (``old`` is ``_Rows``:
+    only these rows moved, so the rule over them is the whole rule) or the whole variable."""
+    if isinstance(old, _Rows):
+        new = tf.gather(variable, old.indices)
+        old = old.values
+    else:
+        new = variable.value()
+    return new, old, new - old
 
 
 def moves_only_gradient_rows(optimizer: Any) -> bool:
@@ -89,6 +100,16 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
     updated variable is read once before and once after the inner step. Under a
     ``tf.distribute`` strategy with several replicas the touched rows are those of all replicas
     (their sparse gradients are summed once more to find them).
+
+    **Sharded tables** (a ``ShardedVariable``, as a ``ParameterServerStrategy`` with a
+    ``variable_partitioner`` makes; Keras hands its shards over as separate variables) are one
+    variable: with ``granularity="variable"`` the table's factor is ``min(1, 1 / max_s rho_s)``
+    over the update-to-bound ratios ``rho_s`` of its shards' moves (over the rows each moved),
+    which is the factor of the unsharded table bit for bit (``max`` is exact); per-row factors are
+    unchanged (no row spans two shards). A non-finite gradient in any shard skips the inner
+    update of every shard of the table and counts once in :attr:`nonfinite_gradients`. Each shard
+    records the table's factor and ratio and its own gradient norm. Before, under tf-keras,
+    every shard was clipped on its own.
 
     Args:
         optimizer: the inner optimizer: an instance, or anything ``keras.optimizers.get``
@@ -221,27 +242,57 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
             gradients = distribution.extended.batch_reduce_to(
                 tf.distribute.ReduceOp.SUM, list(zip(gradients, variables))
             )
-        for gradient, variable, old, constraint, index in zip(
-            gradients, variables, before, constraints, indices
+        headrooms = self._table_headrooms(gradients, variables, before)
+        for gradient, variable, old, constraint, index, headroom in zip(
+            gradients, variables, before, constraints, indices, headrooms
         ):
             distribution.extended.update(
                 variable,
                 self._clip_variable,
-                args=(old, gradient, constraint, index),
+                args=(old, gradient, constraint, index, headroom),
                 group=False,
             )
 
-    def _clip_variable(self, variable, old, gradient, constraint, index):
+    def _per_row(self, gradient: Any) -> bool:
+        return self.granularity == "row" and isinstance(gradient, tf.IndexedSlices)
+
+    def _table_headrooms(self, gradients: list, variables: list, before: list) -> list:
+        """For each shard of a sharded table with one factor per variable, the table's headroom
+        (the smallest of its shards', each computed on its shard's device); ``None`` for the
+        other variables."""
+        headrooms = [None] * len(variables)
+        for positions in _sharding.shard_groups(variables, gradients):
+            positions = [p for p in positions if not self._per_row(gradients[p])]
+            parts = []
+            for position in positions:
+                with _sharding.on_device_of(variables[position]):
+                    _, old, move = _moved(variables[position], before[position])
+                    parts.append(
+                        _headroom(
+                            move,
+                            [old],
+                            [self.variable_relative_threshold],
+                            self.absolute_threshold,
+                            False,
+                        )
+                    )
+            if parts:
+                table = _sharding.smallest(parts)
+                for position in positions:
+                    headrooms[position] = table
+        return headrooms
+
+    def _clip_variable(self, variable, old, gradient, constraint, index, headroom=None):
         rows = old if isinstance(old, _Rows) else None
-        if rows is not None:  # only these rows moved: the rule over them is the whole rule
-            new = tf.gather(variable, rows.indices)
-            old = rows.values
-        else:
-            new = variable.value()
-        move = new - old
-        per_row = self.granularity == "row" and isinstance(gradient, tf.IndexedSlices)
+        new, old, move = _moved(variable, old)
+        per_row = self._per_row(gradient)
         shrunk = _shrink(
-            move, [old], [self.variable_relative_threshold], self.absolute_threshold, per_row
+            move,
+            [old],
+            [self.variable_relative_threshold],
+            self.absolute_threshold,
+            per_row,
+            headroom,
         )
         factor = tf.cast(shrunk.factor, move.dtype)
         if per_row and move.shape.rank is not None and move.shape.rank > 1:

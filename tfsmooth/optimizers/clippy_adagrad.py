@@ -10,7 +10,7 @@ from tfsmooth import _keras
 from tfsmooth._validation import check_bool
 from tfsmooth.optimizers import _statistics
 from tfsmooth.optimizers._base import OptimizerBase, check_learning_rate, depending_on
-from tfsmooth.optimizers.clipping import _shrink
+from tfsmooth.optimizers.clipping import _headroom, _shrink
 
 __all__ = ["ClippyAdagrad", "clippy_adagrad_step"]
 
@@ -84,17 +84,56 @@ def clippy_adagrad_step(
     References:
         - [Tang et al. (2023), Algorithm 1](https://arxiv.org/abs/2302.09178)
     """
+    return _step(
+        gradient,
+        variable,
+        accumulator,
+        learning_rate,
+        variable_relative_threshold=variable_relative_threshold,
+        accumulator_relative_threshold=accumulator_relative_threshold,
+        absolute_threshold=absolute_threshold,
+        epsilon=epsilon,
+        clip_accumulator_update=clip_accumulator_update,
+        use_standard_accumulator_update=use_standard_accumulator_update,
+        per_row=per_row,
+    )
+
+
+def _preconditioned(gradient, accumulator, learning_rate, epsilon, standard):
+    """``(g^2, 1 / sqrt(G' + eps), eta g / sqrt(G' + eps))``: Adagrad's step before the rule."""
     square = gradient * gradient
-    if use_standard_accumulator_update:
+    if standard:
         accumulator = accumulator + square
     precondition = tf.math.rsqrt(accumulator + epsilon) if epsilon else tf.math.rsqrt(accumulator)
-    delta = learning_rate * gradient * precondition
+    return square, precondition, learning_rate * gradient * precondition
+
+
+def _step(
+    gradient,
+    variable,
+    accumulator,
+    learning_rate,
+    *,
+    variable_relative_threshold,
+    accumulator_relative_threshold,
+    absolute_threshold,
+    epsilon,
+    clip_accumulator_update,
+    use_standard_accumulator_update,
+    per_row,
+    headroom=None,
+) -> ClippyAdagradStep:
+    """:func:`clippy_adagrad_step`, with the headroom of a whole sharded table when given."""
+    square, precondition, delta = _preconditioned(
+        gradient, accumulator, learning_rate, epsilon, use_standard_accumulator_update
+    )
     shrunk = _shrink(
         delta,
         [variable, precondition],
         [variable_relative_threshold, accumulator_relative_threshold],
         absolute_threshold,
         per_row,
+        headroom,
     )
     increment = square
     if clip_accumulator_update:
@@ -156,6 +195,21 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, OptimizerBase):
     **Sparse gradients** (``tf.IndexedSlices``, embedding tables) cost O(rows touched) in time and
     memory, with or without XLA: only the looked-up rows of the table and of its accumulator are
     read and written.
+
+    **Sharded tables** (a ``ShardedVariable``, as a ``ParameterServerStrategy`` with a
+    ``variable_partitioner`` makes; Keras hands its shards over as separate variables) are one
+    variable: with ``granularity="variable"`` the table's factor is ``min(1, 1 / max_s rho_s)``
+    over the update-to-bound ratios ``rho_s`` of its shards (each over what its shard updates:
+    every coordinate for a dense gradient, the looked-up rows for a sparse one), which is the
+    factor of the unsharded table bit for bit (``max`` is exact); per-row factors are unchanged
+    (no row spans two shards). A non-finite gradient in any shard leaves every shard of the table
+    as it was and counts once in :attr:`nonfinite_gradients`. Each shard records the table's
+    factor and ratio and its own gradient norm. Each shard's ratio is computed on the shard's
+    device from the rows the step reads anyway (still O(rows touched)); only scalars travel.
+    Before, under tf-keras, every shard was clipped on its own. (Bit for bit needs each
+    coordinate rounded alike in both layouts: TensorFlow's CPU ``rsqrt`` rounds the last elements
+    of a tensor whose size is not a multiple of the vector width by its scalar path, which can
+    differ by one ulp; rows of a multiple of 16 floats never meet it.)
 
     Args:
         learning_rate: ``eta``: a float > 0, a ``LearningRateSchedule`` or a callable.
@@ -258,23 +312,53 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, OptimizerBase):
         if self.export_clipping_factors:
             self.build_statistics(variables)
 
+    def _inputs(self, gradient: Any, variable: tf.Variable) -> tuple:
+        """``(accumulator, values, weights, accumulated)``: the gradient's values and the rows of
+        the variable and of its accumulator they update (all of them for a dense gradient)."""
+        dtype = variable.dtype
+        accumulator = _keras.native_variable(self._accumulators[self.variable_index(variable)])
+        if isinstance(gradient, tf.IndexedSlices):
+            indices = gradient.indices
+            values = tf.cast(gradient.values, dtype)
+            return (
+                accumulator,
+                values,
+                tf.gather(variable, indices),
+                tf.gather(accumulator, indices),
+            )
+        return accumulator, tf.cast(gradient, dtype), variable.value(), accumulator.value()
+
+    def shard_headroom(
+        self, gradient: Any, variable: tf.Variable, learning_rate: Any
+    ) -> tf.Tensor | None:
+        if isinstance(gradient, tf.IndexedSlices) and self.granularity == "row":
+            return None  # one factor per row, and no row spans two shards
+        _, values, weights, accumulated = self._inputs(gradient, variable)
+        _, precondition, delta = _preconditioned(
+            values,
+            accumulated,
+            tf.cast(learning_rate, variable.dtype),
+            self.epsilon,
+            self.use_standard_accumulator_update,
+        )
+        return _headroom(
+            delta,
+            [weights, precondition],
+            [self.variable_relative_threshold, self.accumulator_relative_threshold],
+            self.absolute_threshold,
+            False,
+        )
+
     def apply_update(
         self, gradient: Any, variable: tf.Variable, learning_rate: Any, finite: tf.Tensor
     ) -> None:
         dtype = variable.dtype
         index = self.variable_index(variable)
-        accumulator = _keras.native_variable(self._accumulators[index])
         sparse = isinstance(gradient, tf.IndexedSlices)
-        if sparse:
-            indices = gradient.indices
-            values = tf.cast(gradient.values, dtype)
-            weights = tf.gather(variable, indices)
-            accumulated = tf.gather(accumulator, indices)
-        else:
-            values = tf.cast(gradient, dtype)
-            weights = variable.value()
-            accumulated = accumulator.value()
-        step = clippy_adagrad_step(
+        accumulator, values, weights, accumulated = self._inputs(gradient, variable)
+        per_row = sparse and self.granularity == "row"
+        table = None if per_row else self.table_step(variable)
+        step = _step(
             values,
             weights,
             accumulated,
@@ -285,7 +369,8 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, OptimizerBase):
             epsilon=self.epsilon,
             clip_accumulator_update=self.clip_accumulator_update,
             use_standard_accumulator_update=self.use_standard_accumulator_update,
-            per_row=sparse and self.granularity == "row",
+            per_row=per_row,
+            headroom=None if table is None else table.headroom,
         )
         # A non-finite gradient changes nothing: w - 0 and G + 0 are w and G exactly.
         update = tf.where(finite, step.update, tf.zeros_like(step.update))
@@ -293,6 +378,7 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, OptimizerBase):
             finite, step.accumulator_increment, tf.zeros_like(step.accumulator_increment)
         )
         if sparse:
+            indices = gradient.indices
             increment = depending_on(accumulated, increment)
             update = depending_on(weights, update)
             accumulator.scatter_add(tf.IndexedSlices(increment, indices))

@@ -1,4 +1,10 @@
-"""export_retrieval: a query tower and a candidate table as one exact top-k SavedModel."""
+"""export_retrieval: a query tower and a candidate table as one exact top-k SavedModel.
+
+A sharded candidate table (a ``ShardedVariable``, a list of shard variables, an ``Embedding`` layer
+holding one) is exported shard by shard: the SavedModel keeps one plain variable per shard, and the
+served top-k runs over each shard and merges the shards' best candidates by score, so the table is
+never concatenated, neither while exporting nor while serving.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ import tensorflow as tf
 
 from tfsmooth._keras import keras
 from tfsmooth._validation import check_int
-from tfsmooth.ops.top_k import NO_ITEM, exact_top_k
+from tfsmooth.ops.shards import TableShards, table_shards
+from tfsmooth.ops.top_k import NO_ITEM, _exact_top_k, _key_constants, _sort_keys, exact_top_k
 from tfsmooth.serving._common import (
     _checked,
     _save,
@@ -48,6 +55,10 @@ class _RetrievalServer(tf.Module):
     def _candidates(self):
         return self.candidates
 
+    def _candidate_parts(self):
+        """``[(rows, first index), ...]``: the table as row blocks (one block unless sharded)."""
+        return [(self._candidates(), 0)]
+
     def _implicit_exclusions(self, features, batch):
         return None
 
@@ -56,15 +67,16 @@ class _RetrievalServer(tf.Module):
         raise NotImplementedError
 
     def _serve(self, features, k=None, exclude_ids=None):
-        candidates = self._candidates()
+        parts = self._candidate_parts()
+        candidates = parts[0][0]
         queries = self._queries(features)
         dtype = tf.float32 if candidates.dtype in (tf.float16, tf.bfloat16) else candidates.dtype
         queries = tf.cast(queries, dtype)
         batch = tf.shape(queries)[0]
-        parts = []
+        excluded = []
         implicit = self._implicit_exclusions(features, batch)
         if implicit is not None:
-            parts.append(implicit)
+            excluded.append(implicit)
         if exclude_ids is not None:
             exclude_ids = _checked(
                 exclude_ids,
@@ -76,11 +88,14 @@ class _RetrievalServer(tf.Module):
                     batch,
                 ],
             )
-            parts.append(self._indices_of(exclude_ids))
-        exclude = tf.concat(parts, axis=1) if parts else None
-        scores, indices = exact_top_k(
-            queries, candidates, self.max_k, exclude=exclude, chunk_size=self.chunk_size
-        )
+            excluded.append(self._indices_of(exclude_ids))
+        exclude = tf.concat(excluded, axis=1) if excluded else None
+        if len(parts) == 1:
+            scores, indices = exact_top_k(
+                queries, candidates, self.max_k, exclude=exclude, chunk_size=self.chunk_size
+            )
+        else:
+            scores, indices = self._sharded_top_k(queries, parts, exclude)
         if k is None:
             scores, indices = scores[:, : self.k], indices[:, : self.k]
         else:
@@ -98,6 +113,34 @@ class _RetrievalServer(tf.Module):
         )
         return {"item_ids": item_ids, "scores": scores}
 
+    def _sharded_top_k(self, queries, parts, exclude):
+        """:func:`exact_top_k` over row blocks: the best ``max_k`` of each block, then of those.
+
+        Each block keeps its best ``min(max_k, R_s)`` candidates with its own exclusions (shifted
+        to the block's rows; the others fall outside it and are ignored), so the merged best
+        ``max_k`` are those of the whole table. Free slots (no candidate left) sort below every
+        candidate, NaN scores below every number, as in :func:`exact_top_k`.
+        """
+        if exclude is None:
+            exclude = tf.zeros(tf.stack([tf.shape(queries)[0], 0]), tf.int32)
+        exclude = tf.cast(exclude, tf.int32)
+        int_type, _, lowest = _key_constants(queries.dtype)
+        lowest = tf.constant(lowest, int_type)  # a free slot: below every score, NaN included
+        keys, indices, scores = [], [], []
+        for rows, offset in parts:
+            part_k = min(self.max_k, int(rows.shape[0]))
+            chunk = min(self.chunk_size, int(rows.shape[0]))
+            part_scores, local = _exact_top_k(
+                queries, tf.convert_to_tensor(rows), tf.constant(part_k), exclude - offset, chunk
+            )
+            free = tf.equal(local, NO_ITEM)
+            keys.append(tf.where(free, lowest, _sort_keys(part_scores)))
+            indices.append(tf.where(free, NO_ITEM, local + offset))
+            scores.append(part_scores)
+        keys, indices, scores = (tf.concat(x, axis=1) for x in (keys, indices, scores))
+        _, best = tf.math.top_k(keys, self.max_k, sorted=True)
+        return tf.gather(scores, best, batch_dims=1), tf.gather(indices, best, batch_dims=1)
+
     def trace(self) -> dict:
         """Traces ``serve`` for every combination of inputs; returns the signatures to save."""
         features = self._signature
@@ -111,12 +154,24 @@ class _RetrievalServer(tf.Module):
 
 
 class _TableServer(_RetrievalServer):
-    """A query tower plus its own copy of the candidate table (:func:`export_retrieval`)."""
+    """A query tower plus its own copy of the candidate table (:func:`export_retrieval`).
+
+    ``candidates`` is one array, or a list of arrays (the row blocks of a sharded table): then the
+    server keeps one variable per block and serves the top-k block by block.
+    """
 
     def __init__(self, query_model, candidates, candidate_ids, k, max_k, chunk_size, signature):
         super().__init__(query_model, candidate_ids, k, max_k, chunk_size, signature)
-        self.candidates = tf.Variable(candidates, trainable=False, name="candidates")
-        self.num_candidates = int(candidates.shape[0])
+        if isinstance(candidates, list):
+            self.candidate_shards = [
+                tf.Variable(block, trainable=False, name=f"candidates_{i}")
+                for i, block in enumerate(candidates)
+            ]
+            self.shard_offsets = tuple(np.cumsum([0] + [len(b) for b in candidates[:-1]]).tolist())
+            self.num_candidates = sum(len(block) for block in candidates)
+        else:
+            self.candidates = tf.Variable(candidates, trainable=False, name="candidates")
+            self.num_candidates = int(candidates.shape[0])
         self.default_ids = bool(np.array_equal(candidate_ids, np.arange(self.num_candidates)))
         if not self.default_ids:
             self.id_table = tf.lookup.StaticHashTable(
@@ -125,6 +180,11 @@ class _TableServer(_RetrievalServer):
                 ),
                 default_value=-2,
             )
+
+    def _candidate_parts(self):
+        if hasattr(self, "candidate_shards"):
+            return list(zip(self.candidate_shards, self.shard_offsets))
+        return super()._candidate_parts()
 
     def _indices_of(self, exclude_ids):
         no_item = _no_item_id(exclude_ids.dtype)
@@ -157,10 +217,18 @@ def _no_item_id(dtype: tf.DType) -> Any:
     return "" if dtype == tf.string else NO_ITEM
 
 
-def _candidate_table(candidates: Any) -> np.ndarray:
-    if isinstance(candidates, keras.layers.Embedding):
-        candidates = candidates.embeddings
-    table = np.asarray(candidates)
+def _sharded_candidates(candidates: Any) -> TableShards | None:
+    """The shards of a sharded candidate table, or ``None`` (an array, a tensor, a variable...)."""
+    if isinstance(candidates, (tf.Tensor, np.ndarray, np.generic)):
+        return None
+    try:
+        table = table_shards(candidates)
+    except (TypeError, ValueError):
+        return None  # left to _candidate_table's checks and errors
+    return table if table.sharded else None
+
+
+def _checked_table(table: np.ndarray) -> np.ndarray:
     if table.ndim != 2 or not np.issubdtype(table.dtype, np.floating):
         raise ValueError(
             "`candidates` must be a float matrix [num_candidates, d] (or an Embedding layer). "
@@ -169,6 +237,25 @@ def _candidate_table(candidates: Any) -> np.ndarray:
     if not np.all(np.isfinite(table)):
         raise ValueError("`candidates` contains NaN or Inf values.")
     return table
+
+
+def _candidate_table(candidates: Any) -> np.ndarray | list[np.ndarray]:
+    """The candidate table as one array, or a sharded one as its shards' arrays (row order)."""
+    sharded = _sharded_candidates(candidates)
+    if sharded is not None:
+        if tf.distribute.has_strategy():
+            raise ValueError(
+                "`candidates` is a sharded table and export_retrieval was called inside a "
+                "tf.distribute strategy scope, which would place (and shard) the exported "
+                "variables again, and a SavedModel holding sharded variables does not load: call "
+                "export_retrieval outside `strategy.scope()`. Received: candidates with "
+                f"{len(sharded.parts)} shards under {type(tf.distribute.get_strategy()).__name__}"
+            )
+        # Shard by shard: never the whole table in one array.
+        return [_checked_table(np.asarray(part)) for part, _ in sharded.parts]
+    if isinstance(candidates, keras.layers.Embedding):
+        candidates = candidates.embeddings
+    return _checked_table(np.asarray(candidates))
 
 
 def _candidate_id_array(candidate_ids: Any, num_candidates: int) -> np.ndarray:
@@ -267,10 +354,21 @@ def export_retrieval(
     ``[1, max_k]``, an unknown id in ``exclude_ids``, rows of ``exclude_ids`` that do not match the
     queries -- fails with ``InvalidArgumentError`` naming the input and the value received.
 
+    A sharded ``candidates`` table (a ``ShardedVariable``, as parameter-server training creates, a
+    list of shard variables, or an ``Embedding`` layer holding one) is read shard by shard and
+    exported as one plain variable per shard, so neither the export nor the served model ever
+    holds the whole table in one piece. The served model takes the best ``max_k`` candidates of
+    each shard (its exclusions applied) and merges them by score: the results are those of the
+    same table exported unsharded, up to float rounding of the scores (a score's rounding may
+    depend on the shape of the block it is computed in), and among candidates with equal scores
+    which comes first is arbitrary in both. Export after training, outside the strategy's
+    ``scope()``.
+
     Args:
         query_model: Keras model (or layer) mapping query features to embeddings ``[batch, d]``.
-        candidates: candidate embeddings ``[num_candidates, d]``: an array, tensor, variable, or a
-            Keras ``Embedding`` layer (e.g. the item table trained with a catalog loss).
+        candidates: candidate embeddings ``[num_candidates, d]``: an array, tensor, variable, a
+            Keras ``Embedding`` layer (e.g. the item table trained with a catalog loss), or a
+            sharded table (see above).
         path: directory to write.
         candidate_ids: unique ids returned for the candidates (ints or strings, not ``-1`` nor
             ``""``), default ``0..C-1``.
@@ -286,7 +384,8 @@ def export_retrieval(
     Raises:
         TypeError: ``k``, ``max_k`` or ``chunk_size`` not an integer, ids neither ints nor strings.
         ValueError: for a bad table, ids of the wrong length, repeated or reserved, ``k``/``max_k``/
-            ``chunk_size`` out of range, a feature named ``k`` or ``exclude_ids``.
+            ``chunk_size`` out of range, a feature named ``k`` or ``exclude_ids``; a sharded
+            ``candidates`` inside a ``tf.distribute`` strategy scope.
 
     Example:
 
@@ -306,10 +405,13 @@ def export_retrieval(
     (TensorShape([2, 20]), False)
     """
     table = _candidate_table(candidates)
-    ids = _candidate_id_array(candidate_ids, table.shape[0])
-    k, max_k = _check_k(k, max_k, table.shape[0])
+    num_candidates = (
+        sum(len(block) for block in table) if isinstance(table, list) else table.shape[0]
+    )
+    ids = _candidate_id_array(candidate_ids, num_candidates)
+    k, max_k = _check_k(k, max_k, num_candidates)
     chunk = check_int("chunk_size", chunk_size, 1)
     signature = input_signature if input_signature is not None else input_signature_of(query_model)
     _check_feature_names(signature)
-    server = _TableServer(query_model, table, ids, k, max_k, min(chunk, table.shape[0]), signature)
+    server = _TableServer(query_model, table, ids, k, max_k, min(chunk, num_candidates), signature)
     return _save(server, path, server.trace())

@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 from tfsmooth import losses as catalog_losses  # noqa: E402
 from tfsmooth._keras import keras, register_serializable, replica_count  # noqa: E402
 from tfsmooth._validation import check_int, is_integer  # noqa: E402
-from tfsmooth.metrics.ranking import catalog_rank, hit_rate_and_ndcg  # noqa: E402
+from tfsmooth.metrics.ranking import _sharded_table, catalog_rank, hit_rate_and_ndcg  # noqa: E402
 from tfsmooth.ops.checks import integer_labels  # noqa: E402
 
 __all__ = ["CatalogRetrieval"]
@@ -59,9 +59,15 @@ class CatalogRetrieval(keras.layers.Layer, tfrs.tasks.Task):
     Labels may be floats with whole values (as Keras data adapters hand them over); a
     non-integral label raises a ``ValueError`` naming ``labels``, never truncated.
 
+    A sharded item table -- an ``Embedding`` layer built under a parameter-server strategy's
+    ``variable_partitioner`` (its ``embeddings`` a ``ShardedVariable``), a ``ShardedVariable`` or a
+    list of shard variables -- is never concatenated: the loss and the metrics read it shard by
+    shard where each shard lives, and train and evaluate as on the concatenated table.
+
     Args:
-        items: the item table: an ``Embedding`` layer, a tf.Variable / tensor ``[C, d]``, or a
-            Keras layer (item tower) that ``item_features`` is passed through at every call.
+        items: the item table: an ``Embedding`` layer, a tf.Variable / tensor ``[C, d]``, a
+            sharded table (see above), or a Keras layer (item tower) that ``item_features`` is
+            passed through at every call.
         loss: a name from :data:`tfsmooth.losses.LOSSES` (``"catalog"``, ``"scalable"``,
             ``"sampled"`` (uniform proposal), ``"sampled_log_uniform"``, ``"bce"``; see
             :func:`tfsmooth.losses.get`), a tfsmooth catalog loss
@@ -145,14 +151,22 @@ class CatalogRetrieval(keras.layers.Layer, tfrs.tasks.Task):
         # Assigned whole, so Keras tracks the metrics (and tfrs.Model reports them).
         self.ranking_metrics = metrics
 
-    def item_embeddings(self) -> tf.Tensor:
-        """The current item table ``[C, d]``."""
+    def item_embeddings(self) -> Any:
+        """The current item table ``[C, d]``.
+
+        A tensor, except for a sharded table (an ``Embedding`` layer or variable holding a
+        ``ShardedVariable``, a list of shard variables): that is returned as it is, never
+        concatenated, and the loss and the metrics read it shard by shard.
+        """
         if isinstance(self.items, keras.layers.Layer):
             if isinstance(self.items, keras.layers.Embedding):
                 if not self.items.built:
                     self.items.build((None,))
-                return tf.convert_to_tensor(self.items.embeddings)
+                table = self.items.embeddings
+                return table if _sharded_table(table) is not None else tf.convert_to_tensor(table)
             return tf.convert_to_tensor(self.items(self.item_features))
+        if _sharded_table(self.items) is not None:
+            return self.items
         return tf.convert_to_tensor(self.items)
 
     def call(
@@ -175,13 +189,15 @@ class CatalogRetrieval(keras.layers.Layer, tfrs.tasks.Task):
         if replicas > 1:
             loss = loss * (1.0 / replicas)
         if compute_metrics and self.top_k:
+            sharded = _sharded_table(table)
             ranks = catalog_rank(
                 tf.stop_gradient(query_embeddings),
-                tf.stop_gradient(table),
+                # Integer ranks have no gradient; a sharded table is handed over as it is.
+                tf.stop_gradient(table) if sharded is None else table,
                 labels,
                 chunk_size=self.metric_chunk_size,
             )
-            num_items = tf.shape(table)[0]
+            num_items = tf.shape(table)[0] if sharded is None else sharded.num_items
             for k in self.top_k:
                 hit, ndcg = hit_rate_and_ndcg(ranks, k, num_items)
                 self.ranking_metrics[f"hit_rate_at_{k}"].update_state(hit, sample_weight)
