@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import textwrap
@@ -268,6 +269,48 @@ def fit(model, data, steps, batch_size=16):
     count = steps * batch_size
     x = {k: v[:count] for k, v in x.items()}
     model.fit(x, y[:count], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` free TCP ports on the loopback interface (for clusters of processes)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def logical_shards(values, sizes) -> list:
+    """Variables holding consecutive row blocks of ``values`` (``sizes`` rows each), alternating
+    between the logical CPUs: the shards of a table, each on a device of its own."""
+    from conftest import LOGICAL_CPUS
+
+    shards, start = [], 0
+    for i, rows in enumerate(sizes):
+        with tf.device(LOGICAL_CPUS[i % len(LOGICAL_CPUS)]):
+            shards.append(tf.Variable(values[start : start + rows], name=f"shard_{i}"))
+        start += rows
+    return shards
+
+
+def whole_tensors(graph, rows) -> list[str]:
+    """The tensors of ``graph`` with ``rows`` rows (or an unknown first axis) and as many elements
+    as a whole table: what a step costing O(rows touched) must not hold. Fails on a conditional
+    or loop, which could hide one."""
+    rows = tuple(rows) if isinstance(rows, (tuple, list)) else (rows,)
+    whole = []
+    for op in graph.get_operations():
+        assert op.type not in ("If", "StatelessIf", "While", "StatelessWhile"), op.type
+        for tensor in list(op.inputs) + list(op.outputs):
+            if (
+                tensor.shape.rank
+                and tensor.shape.as_list()[0] in (*rows, None)
+                and (tensor.shape.num_elements() or 0) >= min(rows)
+            ):
+                whole.append(f"{op.type} {op.name} {tensor.shape}")
+    return whole
 
 
 def assert_restarts_continue_exactly(make_optimizer, rng, tmp_path) -> None:

@@ -7,24 +7,14 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from helpers import free_ports
 
 JOB = pathlib.Path(__file__).with_name("multi_worker_job.py")
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _environment(**extra: str) -> dict:
@@ -43,7 +33,7 @@ def _result(process: subprocess.Popen) -> dict:
 
 @pytest.mark.slow
 def test_two_workers_on_loopback_match_each_other_and_a_single_process_run():
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     workers = [
         subprocess.Popen(
             [sys.executable, str(JOB), "worker"],

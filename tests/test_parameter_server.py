@@ -14,26 +14,16 @@ import os
 import pathlib
 import re
 import select
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+from helpers import free_ports
 
 JOB = pathlib.Path(__file__).with_name("ps_job.py")
 TIMEOUT = 120  # seconds, for the whole test
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _environment(**extra: str) -> dict:
@@ -86,7 +76,7 @@ def _ps_task(device: str) -> int | None:
 @pytest.mark.slow
 def test_sharded_table_on_two_parameter_servers_matches_a_single_process_run(tmp_path):
     deadline = time.monotonic() + TIMEOUT
-    chief, worker, ps0, ps1 = (f"127.0.0.1:{port}" for port in _free_ports(4))
+    chief, worker, ps0, ps1 = (f"127.0.0.1:{port}" for port in free_ports(4))
     cluster = {"chief": [chief], "worker": [worker], "ps": [ps0, ps1]}
     processes = []
     try:

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import LOGICAL_CPUS
+from helpers import logical_shards
 from references import SCE_SEED, full_ce_reference, sce_reference, top_k_by_score_then_index
 from tensorflow.python.framework import function_def_to_graph
 
@@ -37,16 +38,6 @@ N, D = 64, 16
 C = sum(SIZES)  # 301: no other tensor of the tests has C rows
 
 
-def _shards(values, sizes=SIZES):
-    """Variables holding consecutive row blocks of ``values``, alternating between the CPUs."""
-    shards, start = [], 0
-    for i, rows in enumerate(sizes):
-        with tf.device(LOGICAL_CPUS[i % len(LOGICAL_CPUS)]):
-            shards.append(tf.Variable(values[start : start + rows], name=f"shard_{i}"))
-        start += rows
-    return shards
-
-
 def _tables(rng, sizes=SIZES, duplicates=True):
     """``(values, shards, sharded variable, plain variable)``; rows repeat across the boundary."""
     values = (rng.normal(size=(sum(sizes), D)) * 0.5).astype(np.float32)
@@ -54,7 +45,7 @@ def _tables(rng, sizes=SIZES, duplicates=True):
         boundary = sizes[0]
         values[boundary] = values[boundary - 1]  # a tie across the shard boundary
         values[boundary + 5] = values[3]
-    shards = _shards(values, sizes)
+    shards = logical_shards(values, sizes)
     return values, shards, tf.__internal__.distribute.ShardedVariable(shards), tf.Variable(values)
 
 
@@ -187,7 +178,9 @@ def test_sharded_top_k_merges_ties_by_global_index(rng, sizes, chunk):
     centres = (rng.integers(-8, 9, size=(12, D)) / 8).astype(np.float32)
     expected_scores, expected = top_k_by_score_then_index(centres, values, 40)
     assert any(len(set(row)) < len(row) for row in expected_scores)  # ties inside the top 40
-    sharded = ops.table_shards(tf.__internal__.distribute.ShardedVariable(_shards(values, sizes)))
+    sharded = ops.table_shards(
+        tf.__internal__.distribute.ShardedVariable(logical_shards(values, sizes))
+    )
     for table in (sharded, ops.table_shards(tf.constant(values))):
         scores, indices = sharded_top_k(tf.constant(centres), table, 40, chunk)
         np.testing.assert_array_equal(indices.numpy(), expected)

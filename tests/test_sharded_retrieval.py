@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import LOGICAL_CPUS, requires_tfrs
-from helpers import assert_exact_top_k, serve_in_clean_process
+from helpers import assert_exact_top_k, logical_shards, serve_in_clean_process
 from references import brute_force_scores, reference_ranks
 from tensorflow.python.framework import function_def_to_graph
 
@@ -35,19 +35,9 @@ C = sum(SIZES)  # 301: no other tensor of the tests has C rows
 USERS = 40
 
 
-def _shards(values, sizes=SIZES):
-    """Variables holding consecutive row blocks of ``values``, alternating between the CPUs."""
-    shards, start = [], 0
-    for i, rows in enumerate(sizes):
-        with tf.device(LOGICAL_CPUS[i % len(LOGICAL_CPUS)]):
-            shards.append(tf.Variable(values[start : start + rows], name=f"shard_{i}"))
-        start += rows
-    return shards
-
-
 def _tables(values, sizes=SIZES):
     """``(shards, sharded variable, plain variable)`` of ``values``."""
-    shards = _shards(values, sizes)
+    shards = logical_shards(values, sizes)
     return shards, tf.__internal__.distribute.ShardedVariable(shards), tf.Variable(values)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfsmooth._keras import keras, native_variable, register_serializable
+from tfsmooth._validation import check_int
 
 
 @register_serializable
@@ -36,7 +37,9 @@ class Embedding(keras.layers.Embedding):
             ``mask_zero``, ...).
 
     Raises:
-        ValueError: for a dimension Keras's ``Embedding`` rejects.
+        ValueError: ``input_dim`` or ``output_dim`` below 1 (checked here: not every supported
+            Keras version checks them).
+        TypeError: ``input_dim`` or ``output_dim`` not an integer.
 
     Example:
 
@@ -49,6 +52,11 @@ class Embedding(keras.layers.Embedding):
     References:
         - [Keras Embedding](https://keras.io/api/layers/core_layers/embedding/)
     """
+
+    def __init__(self, input_dim: int, output_dim: int, **kwargs: Any):
+        input_dim = check_int("input_dim", input_dim, 1)
+        output_dim = check_int("output_dim", output_dim, 1)
+        super().__init__(input_dim, output_dim, **kwargs)
 
     def call(self, inputs: Any) -> tf.Tensor:
         if (
