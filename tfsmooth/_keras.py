@@ -208,6 +208,16 @@ def gradient_scale(optimizer: Any) -> float | None:
     return getattr(optimizer, "loss_scale_factor", None) or None
 
 
+def _single_replica() -> bool:
+    """Whether the gradients come from one replica, so summing them over replicas is the identity.
+
+    Both flavours sum gradients through ``ReplicaContext.all_reduce`` even then; under
+    ``ParameterServerStrategy`` (one replica per worker) that identity is placed on the worker, so
+    every dense gradient of a parameter server's variable would travel to the worker and back.
+    """
+    return tf.distribute.get_strategy().num_replicas_in_sync == 1
+
+
 def guard_update_step(optimizer: Any, guard: Any) -> None:
     """Routes each per-variable update of ``optimizer`` through ``guard``.
 
@@ -286,6 +296,11 @@ if IS_KERAS_3:
 
         def update_step(self, gradient, variable, learning_rate):
             self.update_variable(gradient, variable, learning_rate, deduplicated=False)
+
+        def _all_reduce_sum_gradients(self, grads_and_vars):
+            if _single_replica():
+                return list(grads_and_vars)
+            return super()._all_reduce_sum_gradients(grads_and_vars)
 
         def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
             grads_and_vars = list(grads_and_vars)
@@ -374,6 +389,11 @@ else:
 
         def update_step(self, gradient, variable):
             self.update_variable(gradient, variable, self.learning_rate, deduplicated=True)
+
+        def aggregate_gradients(self, grads_and_vars):
+            if _single_replica():
+                return list(grads_and_vars)
+            return super().aggregate_gradients(grads_and_vars)
 
         def _distributed_apply_gradients_fn(self, distribution, grads_and_vars, **kwargs):
             grads_and_vars = list(grads_and_vars)
