@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from helpers import assert_config_roundtrip, export_saved_model, serve_in_clean_process
 
-from tfsmooth._keras import IS_KERAS_3, keras
+from tfsmooth._keras import IS_KERAS_3, keras, native_variable
 from tfsmooth.layers import Embedding
 from tfsmooth.optimizers import ClippyAdagrad, LazyAdam
 
@@ -106,3 +106,37 @@ def test_config_saving_and_serving(rng, tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded(ids)), expected)
     served = serve_in_clean_process(export_saved_model(model, tmp_path), ids)
     np.testing.assert_allclose(next(iter(served.values())), expected, rtol=1e-6)
+
+
+def test_a_sharded_table_is_looked_up_shard_by_shard_in_id_order():
+    """Uneven shards, 2-D ids, ids out of shard order (tf.gather on a ShardedVariable would
+    return the rows grouped by shard, and refuses 2-D ids and uneven shards)."""
+    from conftest import LOGICAL_CPUS
+
+    sizes = (6, 4)
+
+    def split(next_creator, **kwargs):
+        initial = kwargs.pop("initial_value")
+        value = tf.convert_to_tensor(initial() if callable(initial) else initial)
+        kwargs.pop("shape", None)
+        parts = []
+        for i, block in enumerate(tf.split(value, list(sizes))):
+            with tf.device(LOGICAL_CPUS[i]):
+                parts.append(next_creator(initial_value=block, **{**kwargs, "name": f"part_{i}"}))
+        return tf.__internal__.distribute.ShardedVariable(parts)
+
+    layer = Embedding(
+        sum(sizes), 3, embeddings_initializer=keras.initializers.RandomUniform(seed=3)
+    )
+    with tf.variable_creator_scope(split):
+        layer.build((None,))
+    shards = native_variable(layer.embeddings).variables  # Keras 3 wraps the ShardedVariable
+    table = np.concatenate([v.numpy() for v in shards])
+    ids = np.array([[7, 2, 9], [0, 6, 5]], "int32")
+    np.testing.assert_array_equal(layer(ids).numpy(), table[ids])
+
+
+def test_ragged_ids_fall_back_to_keras():
+    layer = Embedding(10, 2, embeddings_initializer="ones")
+    ragged = tf.ragged.constant([[1, 2], [3]])
+    assert layer(ragged).to_list() == [[[1.0, 1.0], [1.0, 1.0]], [[1.0, 1.0]]]

@@ -138,3 +138,15 @@ def test_restarts_continue_exactly(wrapped, rng, tmp_path):
         return Clippy(LazyAdam(LR), granularity="row") if wrapped else LazyAdam(LR)
 
     assert_restarts_continue_exactly(optimizer, rng, tmp_path)
+
+
+def test_row_statistics_of_an_empty_sparse_gradient_say_nothing_was_clipped():
+    from tfsmooth.optimizers import clipping_statistics
+
+    table = tf.Variable(np.ones(TABLE_SHAPE, np.float32))
+    optimizer = Clippy(LazyAdam(LR), granularity="row")
+    empty = tf.IndexedSlices(tf.zeros([0, 3]), tf.zeros([0], tf.int32), tf.constant(TABLE_SHAPE))
+    optimizer.apply_gradients([(empty, table)])
+    (stats,) = clipping_statistics(optimizer).values()
+    assert (stats["clipping_factor"], stats["update_ratio"]) == (1.0, 0.0)
+    np.testing.assert_array_equal(table.numpy(), np.ones(TABLE_SHAPE, np.float32))

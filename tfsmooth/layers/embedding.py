@@ -26,9 +26,11 @@ class Embedding(keras.layers.Embedding):
     ``Embedding`` does), so the forward pass costs O(rows looked up), and the gradient reaches the
     optimizer as a ``tf.IndexedSlices`` of those rows, as with Keras's layer. Everything else --
     arguments, weights, masking (``mask_zero``), serialization -- is Keras's ``Embedding``; with
-    LoRA enabled or a quantized table (Keras 3), or ``sparse=True`` (tf-keras), it falls back to
-    Keras's own lookup. The outputs are identical to Keras's layer; as there, float ids are cast
-    to int32 and an id outside ``[0, input_dim)`` raises on CPU (TensorFlow's gather).
+    LoRA enabled or a quantized table (Keras 3), ``sparse=True`` (tf-keras), or ragged or sparse
+    ids, it falls back to Keras's own lookup. A table sharded by ``ParameterServerStrategy`` is
+    read shard by shard. The outputs are Keras's layer's for ids in ``[0, input_dim)``; float ids
+    are cast to int32 as there; an id outside the range raises on CPU (TensorFlow's gather; on a
+    GPU it gives zeros), where Keras 3's layer wraps a negative id around.
 
     Args:
         input_dim: the number of rows (the vocabulary size).
@@ -63,10 +65,13 @@ class Embedding(keras.layers.Embedding):
             getattr(self, "lora_enabled", False)
             or getattr(self, "quantization_mode", None)
             or getattr(self, "sparse", False)
+            or isinstance(inputs, (tf.RaggedTensor, tf.SparseTensor))
         ):
             return super().call(inputs)
         inputs = tf.convert_to_tensor(inputs)
         if inputs.dtype not in (tf.int32, tf.int64):
             inputs = tf.cast(inputs, tf.int32)
-        outputs = tf.gather(native_variable(self.embeddings), inputs)
+        # embedding_lookup: a gather from the variable (ResourceGather), and for a sharded table
+        # (ParameterServerStrategy) one gather per shard, where the shard lives.
+        outputs = tf.nn.embedding_lookup(native_variable(self.embeddings), inputs)
         return tf.cast(outputs, self.compute_dtype)

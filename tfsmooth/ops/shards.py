@@ -256,8 +256,8 @@ def gather_rows(table: Any, ids: Any) -> tf.Tensor:
 
     Raises:
         TypeError: ``ids`` not integer; ``table`` not a table (see :func:`table_shards`).
-        ValueError: eagerly, ``ids`` outside ``[0, C)`` (inside a ``tf.function`` the gather fails
-            with ``InvalidArgumentError``).
+        ValueError: eagerly, ``ids`` outside ``[0, C)`` (inside a ``tf.function`` on CPU the gather
+            fails with ``InvalidArgumentError``; on a GPU it gives zeros).
 
     Example:
 

@@ -72,7 +72,9 @@ class ClippingStatisticsMixin:
         statistics = _keras.native_variable(self._statistics[index])
         dtype = statistics.dtype
         if factor.shape.rank != 0:  # one factor per row: the smallest, the largest ratio
-            factor, ratio = tf.reduce_min(factor), tf.reduce_max(ratio)
+            # (1 and 0 when no row was looked up, as for a step that clips nothing)
+            factor = tf.minimum(tf.reduce_min(factor), tf.ones([], factor.dtype))
+            ratio = tf.maximum(tf.reduce_max(ratio), tf.zeros([], ratio.dtype))
         values = [factor, ratio, gradient_square]
         statistics.assign(tf.stack([v if v.dtype == dtype else tf.cast(v, dtype) for v in values]))
 

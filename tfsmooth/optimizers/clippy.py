@@ -51,12 +51,19 @@ def moves_only_gradient_rows(optimizer: Any) -> bool:
     """Whether ``optimizer``, given a sparse gradient, moves only the rows the gradient names.
 
     True for tfsmooth's ``LazyAdam`` and ``ClippyAdagrad``, Keras's ``Adagrad`` and Keras's
-    ``SGD`` without momentum, when no weight decay is set (it moves every row); false for every
+    ``SGD`` without momentum, when no weight decay, gradient accumulation or EMA is set (each
+    moves rows the gradient does not name); false for every
     other optimizer (Keras's ``Adam`` moves every row whose momentum is not zero), which keeps
     :class:`Clippy` on its dense path.
     """
     optimizers = _keras.keras.optimizers
-    if getattr(optimizer, "weight_decay", None):
+    # Weight decay moves every row; accumulated gradients are applied dense every few steps; an
+    # EMA overwrite rewrites every row.
+    if (
+        getattr(optimizer, "weight_decay", None)
+        or getattr(optimizer, "gradient_accumulation_steps", None)
+        or getattr(optimizer, "use_ema", False)
+    ):
         return False
     if type(optimizer) in (LazyAdam, ClippyAdagrad, optimizers.Adagrad):
         return True
