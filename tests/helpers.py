@@ -295,6 +295,25 @@ def logical_shards(values, sizes) -> list:
     return shards
 
 
+def shard_splitter(sizes):
+    """A variable creator (for ``tf.variable_creator_scope``) that builds a table as a
+    ``ShardedVariable`` of ``sizes`` rows per shard, each on its own logical CPU: what a
+    ``ParameterServerStrategy`` partitioner does, in one process."""
+    from conftest import LOGICAL_CPUS
+
+    def split(next_creator, **kwargs):
+        initial = kwargs.pop("initial_value")
+        value = tf.convert_to_tensor(initial() if callable(initial) else initial)
+        kwargs.pop("shape", None)
+        parts = []
+        for i, block in enumerate(tf.split(value, list(sizes))):
+            with tf.device(LOGICAL_CPUS[i % len(LOGICAL_CPUS)]):
+                parts.append(next_creator(initial_value=block, **{**kwargs, "name": f"part_{i}"}))
+        return tf.__internal__.distribute.ShardedVariable(parts)
+
+    return split
+
+
 def whole_tensors(graph, rows) -> list[str]:
     """The tensors of ``graph`` with ``rows`` rows (or an unknown first axis) and as many elements
     as a whole table: what a step costing O(rows touched) must not hold. Fails on a conditional

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import assert_config_roundtrip, export_saved_model, serve_in_clean_process
+from helpers import (
+    assert_config_roundtrip,
+    export_saved_model,
+    serve_in_clean_process,
+    shard_splitter,
+)
 
 from tfsmooth._keras import IS_KERAS_3, keras, native_variable
 from tfsmooth.layers import Embedding
@@ -111,24 +116,11 @@ def test_config_saving_and_serving(rng, tmp_path):
 def test_a_sharded_table_is_looked_up_shard_by_shard_in_id_order():
     """Uneven shards, 2-D ids, ids out of shard order (tf.gather on a ShardedVariable would
     return the rows grouped by shard, and refuses 2-D ids and uneven shards)."""
-    from conftest import LOGICAL_CPUS
-
     sizes = (6, 4)
-
-    def split(next_creator, **kwargs):
-        initial = kwargs.pop("initial_value")
-        value = tf.convert_to_tensor(initial() if callable(initial) else initial)
-        kwargs.pop("shape", None)
-        parts = []
-        for i, block in enumerate(tf.split(value, list(sizes))):
-            with tf.device(LOGICAL_CPUS[i]):
-                parts.append(next_creator(initial_value=block, **{**kwargs, "name": f"part_{i}"}))
-        return tf.__internal__.distribute.ShardedVariable(parts)
-
     layer = Embedding(
         sum(sizes), 3, embeddings_initializer=keras.initializers.RandomUniform(seed=3)
     )
-    with tf.variable_creator_scope(split):
+    with tf.variable_creator_scope(shard_splitter(sizes)):
         layer.build((None,))
     shards = native_variable(layer.embeddings).variables  # Keras 3 wraps the ShardedVariable
     table = np.concatenate([v.numpy() for v in shards])

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import LOGICAL_CPUS
-from helpers import logical_shards
+from helpers import logical_shards, shard_splitter
 from references import SCE_SEED, full_ce_reference, sce_reference, top_k_by_score_then_index
 from tensorflow.python.framework import function_def_to_graph
 
@@ -302,18 +302,8 @@ def test_keras_losses_bind_a_sharded_table(rng, name):
 def test_an_embedding_built_under_a_partitioner_is_read_in_shards(rng):
     """A variable creator that splits the table (as a partitioner does) under either Keras."""
 
-    def split(next_creator, **kwargs):
-        initial = kwargs.pop("initial_value")
-        value = tf.convert_to_tensor(initial() if callable(initial) else initial)
-        kwargs.pop("shape", None)
-        parts = []
-        for i, block in enumerate(tf.split(value, list(SIZES))):
-            with tf.device(LOGICAL_CPUS[i]):
-                parts.append(next_creator(initial_value=block, **{**kwargs, "name": f"part_{i}"}))
-        return tf.__internal__.distribute.ShardedVariable(parts)
-
     layer = keras.layers.Embedding(C, D)
-    with tf.variable_creator_scope(split):
+    with tf.variable_creator_scope(shard_splitter(SIZES)):
         layer.build((None,))
     table = ops.table_shards(layer)
     assert table.sharded and [p.shape[0] for p, _ in table.parts] == list(SIZES)
