@@ -21,7 +21,7 @@ from helpers import (
     run_steps,
     serve_in_clean_process,
 )
-from references import dense_gradient, numpy_clipped
+from references import adam_reference, dense_gradient, numpy_clipped
 
 from tfsmooth._keras import IS_KERAS_3, keras
 from tfsmooth.optimizers import Clippy, ClippyAdagrad, LazyAdam, clipping_statistics
@@ -76,16 +76,7 @@ def test_clippy_adam_matches_numpy(rng):
     for gradients in steps:
         apply(*(tf.constant(g, tf.float32) for g in gradients))
     got = [v.numpy() for v in variables]
-    moments = {}
-
-    def adam(t, i, w, g):
-        m, v = moments.get(i, (np.zeros_like(w), np.zeros_like(w)))
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        moments[i] = (m, v)
-        alpha = lr * math.sqrt(1 - b2 ** (t + 1)) / (1 - b1 ** (t + 1))
-        return w - alpha * m / (np.sqrt(v) + eps)
-
+    adam = adam_reference(lr, b1, b2, eps)
     expected, _ = numpy_clipped(adam, initial, steps, relative=0.1, absolute=1e-3)
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)

@@ -121,9 +121,13 @@ def deserialize_compile_config(config: dict) -> dict:
 
 
 def require_tf_keras(message: str) -> None:
-    """Raises ``ImportError(message)`` under Keras 3: for code (TFRS) that needs tf-keras."""
+    """Raises ``ImportError`` under Keras 3, with ``message`` and how to choose tf-keras: for code
+    (TFRS) that needs tf-keras."""
     if IS_KERAS_3:
-        raise ImportError(f"{message} This process uses Keras 3 (TF_USE_LEGACY_KERAS is not set).")
+        raise ImportError(
+            f"{message} This process uses Keras 3: set TF_USE_LEGACY_KERAS=1 before importing "
+            "TensorFlow."
+        )
 
 
 # ----------------------------------------------------------------------------------------------------

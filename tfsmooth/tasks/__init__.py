@@ -9,8 +9,8 @@ the memory (:class:`~tfsmooth.losses.ScalableCrossEntropy`, sampled softmax).
 The class lives in :mod:`tfsmooth.tasks.catalog_retrieval`, which imports TensorFlow Recommenders;
 this package imports that module when ``CatalogRetrieval`` is first used, not when it is imported:
 ``import tfsmooth.tasks`` works without TFRS and under Keras 3. TFRS 0.7 needs tf-keras
-(``pip install "tfsmooth[tfrs]"`` and ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported);
-using ``CatalogRetrieval`` without it raises an ``ImportError`` saying so.
+(``pip install "tfsmooth[tfrs]"``, and tf-keras chosen as the README says); using
+``CatalogRetrieval`` without it raises an ``ImportError`` saying what to install and set.
 """
 
 from __future__ import annotations

@@ -13,8 +13,7 @@ from tfsmooth import _keras
 
 _TFRS_HINT = (
     "tfsmooth.tasks.CatalogRetrieval is a tfrs.tasks.Task and needs TensorFlow Recommenders, which "
-    'needs tf-keras: pip install "tfsmooth[tfrs]" and set TF_USE_LEGACY_KERAS=1 before importing '
-    "TensorFlow."
+    'needs tf-keras: pip install "tfsmooth[tfrs]".'
 )
 
 _keras.require_tf_keras(_TFRS_HINT)
