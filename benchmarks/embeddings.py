@@ -5,8 +5,10 @@ for tf-keras), side by side in one run:
 
 - ``apply``: one ``apply_gradients`` of a ``tf.IndexedSlices`` gradient of ``--touched``
   (4,096) distinct rows of a ``d = 64`` float32 table of 250k, 1M, 4M and 16M rows, in a
-  ``tf.function``; each call touches another set of rows (64 sets in turn). Candidates: ``raw_adagrad`` (``tf.raw_ops.ResourceSparseApplyAdagradV2``,
-  TensorFlow's fused C++ sparse kernel: **the floor**), ``sparse_clippy`` (a hand-written sparse
+  ``tf.function``; each call touches another set of rows (64 sets in turn). Candidates:
+  ``raw_adagrad`` (``tf.raw_ops.ResourceSparseApplyAdagradV2``, TensorFlow's fused C++ sparse
+  kernel: **the floor**), ``raw_rmsprop`` (``ResourceSparseApplyRMSProp``: the fused kernel of
+  an update of three tables' rows, as LazyAdam's), ``sparse_clippy`` (a hand-written sparse
   Clippy step: gather, update, one factor, two scatters), Keras ``Adagrad``, TFRS's
   ``ClippyAdagrad`` (tf-keras), tfsmooth ``ClippyAdagrad`` per variable and per row, Keras
   ``Adam``, ``Clippy(Adam)``, tfsmooth ``LazyAdam`` and ``Clippy(LazyAdam)``, and the XLA
@@ -140,6 +142,23 @@ def apply_candidates(rows: int, dim: int, touched: int, skip: list[str], seed: i
         )
 
     @tf.function
+    def raw_rmsprop():
+        # The fused C++ kernel of an update that reads and writes three tables' rows (weights and
+        # two moments), as LazyAdam's does: the floor of that memory traffic.
+        moments = with_moments()
+        tf.raw_ops.ResourceSparseApplyRMSProp(
+            var=table.handle,
+            ms=moments["velocity"].handle,
+            mom=moments["momentum"].handle,
+            lr=tf.constant(LEARNING_RATE),
+            rho=tf.constant(0.9),
+            momentum=tf.constant(0.9),
+            epsilon=tf.constant(EPSILON),
+            grad=values,
+            indices=next_indices(),
+        )
+
+    @tf.function
     def sparse_clippy():
         indices = next_indices()
         weights = tf.gather(table, indices)
@@ -194,7 +213,7 @@ def apply_candidates(rows: int, dim: int, touched: int, skip: list[str], seed: i
                 ),
                 "adagrad",
             )
-    steps = {"raw_adagrad": raw_adagrad, "sparse_clippy": sparse_clippy}
+    steps = {"raw_adagrad": raw_adagrad, "raw_rmsprop": raw_rmsprop, "sparse_clippy": sparse_clippy}
     for name, make in makers.items():
         if name not in skip:
             steps[name] = make()
@@ -241,6 +260,7 @@ def apply_worker(args) -> dict:
         "ms": {name: float(np.median(t)) * 1e3 for name, t in times.items()},
         "x_floor": median_ratios(times, "raw_adagrad"),
         "x_sparse_clippy": median_ratios(times, "sparse_clippy"),
+        "x_raw_rmsprop": median_ratios(times, "raw_rmsprop"),
         "growth": growth,
     }
 
@@ -540,10 +560,18 @@ def _apply_targets(results: list[dict]) -> list[str]:
             if "raw_adagrad" in growth:
                 label = f"raw_adagrad (the floor) growth {span}"
                 rows.append([flavour, label, "(context)", growth["raw_adagrad"], True])
+            if "raw_rmsprop" in growth:
+                label = f"raw_rmsprop (three tables' floor) growth {span}"
+                rows.append([flavour, label, "(context)", growth["raw_rmsprop"], True])
             for name, value in growth.items():
                 if name.startswith(("clippy_", "lazy_")) and name != "clippy_keras_adam":
                     rows.append([flavour, f"{name} growth {span}", "<= 1.2x", value, value <= 1.2])
         for size in sorted(ours):
+            three = ours[size].get("x_raw_rmsprop") or {}
+            for name in ("lazy_adam", "lazy_adam_xla"):
+                if name in three:
+                    label = f"{name} / raw_rmsprop at {size / 1e6:g}M"
+                    rows.append([flavour, label, "(context)", three[name], True])
             for wrapped, ratio in (ours[size].get("x_inner") or {}).items():
                 label = f"{wrapped} / {WRAPPED[wrapped]} at {size / 1e6:g}M"
                 rows.append([flavour, label, "<= 1.2x", ratio, ratio <= 1.2])

@@ -246,6 +246,31 @@ class OptimizerBase(_NonfiniteCounter, _keras.OptimizerAdapter):
                 self.count_nonfinite(finite)
         self.apply_update(gradient, variable, learning_rate, finite)
 
+    def subtract_update(
+        self, gradient: Any, variable: tf.Variable, update: tf.Tensor, weights: Any = None
+    ) -> None:
+        """The step's write of the variable: ``variable -= update``.
+
+        For a sparse ``gradient`` (deduplicated) ``update`` holds one row per index and only those
+        rows are written. ``weights`` are the variable's values the step read (its rows, for a
+        sparse gradient), or ``None``. A wrapper that adjusts the update before it is written
+        (:class:`~tfsmooth.optimizers.Clippy`) takes the write over through
+        :meth:`take_over_writes`.
+        """
+        writer = getattr(self, "_writer", None)
+        if writer is not None and writer(gradient, variable, update, weights):
+            return
+        if isinstance(gradient, tf.IndexedSlices):
+            variable.scatter_sub(tf.IndexedSlices(update, gradient.indices))
+        else:
+            variable.assign_sub(update)
+
+    def take_over_writes(self, writer: Any) -> None:
+        """Hands every :meth:`subtract_update` to ``writer(gradient, variable, update, weights)``
+        until called with ``None``; where ``writer`` returns false, the write is made as usual."""
+        # Not through the trackable __setattr__: a plain function, nothing to checkpoint.
+        object.__setattr__(self, "_writer", writer)
+
     def get_config(self) -> dict:
         config = super().get_config()
         if hasattr(config.get("learning_rate"), "dtype"):  # a numpy scalar read from a variable

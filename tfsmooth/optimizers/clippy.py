@@ -9,7 +9,12 @@ import tensorflow as tf
 from tfsmooth import _keras
 from tfsmooth._validation import check_bool
 from tfsmooth.optimizers import _sharding, _statistics
-from tfsmooth.optimizers._base import OptimizerWrapperBase, deduplicate_sparse
+from tfsmooth.optimizers._base import (
+    OptimizerBase,
+    OptimizerWrapperBase,
+    deduplicate_sparse,
+    unique_row_mask,
+)
 from tfsmooth.optimizers.clipping import _headroom, _shrink
 from tfsmooth.optimizers.clippy_adagrad import ClippyAdagrad
 from tfsmooth.optimizers.lazy_adam import LazyAdam
@@ -70,6 +75,24 @@ def moves_only_gradient_rows(optimizer: Any) -> bool:
     return type(optimizer) is optimizers.SGD and not optimizer.momentum
 
 
+def _writes_through_clippy(optimizer: Any) -> bool:
+    """Whether ``optimizer`` can leave its writes of the variables to :class:`Clippy`: a tfsmooth
+    optimizer (its step ends in ``subtract_update``) that moves only the gradient's rows and
+    applies the gradient it receives (no clipping of its own, so the statistics Clippy records
+    are those of the gradient Clippy received)."""
+    return (
+        isinstance(optimizer, OptimizerBase)
+        and moves_only_gradient_rows(optimizer)
+        and not any(
+            getattr(optimizer, name, None) for name in ("clipnorm", "clipvalue", "global_clipnorm")
+        )
+    )
+
+
+#: What ``before_apply`` keeps for a variable whose write the inner optimizer leaves to Clippy.
+_WRITTEN_BY_CLIPPY = "written by Clippy"
+
+
 @_keras.register_serializable
 class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
     """Wraps any Keras optimizer and shrinks each variable's update by the Clippy rule.
@@ -97,16 +120,20 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
     ``model.compile`` does under a ``mixed_float16`` policy, or wrapped by it) and under
     ``tf.distribute`` strategies, and serializes together with its inner optimizer.
 
-    Cost: the rule needs the whole move of each variable. For a sparse gradient (an embedding
-    table) and an inner optimizer that moves only the looked-up rows -- tfsmooth's
-    :class:`~tfsmooth.optimizers.LazyAdam` and ``ClippyAdagrad``, Keras's ``Adagrad`` and momentum-free
-    ``SGD``, without weight decay -- those rows are read before and after the inner step and
-    corrected in place: O(rows touched) on top of the inner step, and the same weights as the
-    dense rule (the untouched rows did not move). Any other inner optimizer (Keras's ``Adam``
-    moves every row with momentum) and any variable with a constraint take the dense path: every
-    updated variable is read once before and once after the inner step. Under a
-    ``tf.distribute`` strategy with several replicas the touched rows are those of all replicas
-    (their sparse gradients are summed once more to find them).
+    Cost: the rule needs the whole move of each variable. Around tfsmooth's
+    :class:`~tfsmooth.optimizers.LazyAdam` and ``ClippyAdagrad`` (without weight decay, gradient
+    clipping, gradient accumulation or EMA) the inner optimizer hands its final write of each
+    variable over and the rule clips the update before it is written: the inner step, a read of
+    the weights it writes (``ClippyAdagrad`` has read them already) and one reduction; for a
+    sparse gradient (an embedding table) only the looked-up rows. (The shards of a sharded table
+    take the next path.) Around Keras's ``Adagrad`` and momentum-free ``SGD`` a
+    sparse gradient's rows are read before and after the inner step and corrected in place:
+    O(rows touched) on top of the inner step. Both give the same weights as the dense rule (the
+    untouched rows did not move). Any other inner optimizer (Keras's ``Adam`` moves every row
+    with momentum) and any variable with a constraint take the dense path: every updated
+    variable is read once before and once after the inner step. Under a ``tf.distribute``
+    strategy with several replicas the touched rows are those of all replicas (around Keras's
+    optimizers their sparse gradients are summed once more to find them).
 
     **Sharded tables** (a ``ShardedVariable``, as a ``ParameterServerStrategy`` with a
     ``variable_partitioner`` makes; Keras hands its shards over as separate variables) are one
@@ -179,19 +206,41 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
         if self.export_clipping_factors:
             self.build_statistics(variables)
 
+    def apply_wrapped(self, gradients: list, variables: list, apply_inner, aggregated: bool):
+        try:
+            return super().apply_wrapped(gradients, variables, apply_inner, aggregated)
+        finally:
+            object.__setattr__(self, "_written", set())
+            if isinstance(self.inner_optimizer, OptimizerBase):
+                self.inner_optimizer.take_over_writes(None)
+
     def before_apply(self, gradients: list, variables: list, aggregated: bool) -> tuple:
         """What the inner step will change, and the gradients it applies.
 
-        Sparse path: the touched rows before the step (``_Rows``), and each sparse gradient
+        Written by Clippy: a tfsmooth inner optimizer hands its final write of a variable over
+        (:meth:`_write_clipped`), which clips the update before writing it; nothing is read
+        before the step. Sparse path: the touched rows before the step (``_Rows``), and each sparse gradient
         computed from those rows (the same values) so that XLA reads them before the inner step
         writes the variable, instead of copying the whole variable to keep them. Dense path: a
         copy of the variable (copy-on-write keeps the values when the inner step assigns).
         """
+        written = set()
+        if _writes_through_clippy(self.inner_optimizer):
+            written = {
+                i
+                for i, (g, v) in enumerate(zip(gradients, variables))
+                if g is not None
+                and getattr(v, "constraint", None) is None
+                and not _sharding.is_shard(_keras.native_variable(v))
+            }
+            self.inner_optimizer.take_over_writes(self._write_clipped)
+        object.__setattr__(self, "_written", {self.variable_index(variables[i]) for i in written})
         row_sparse = moves_only_gradient_rows(self.inner_optimizer)
         sparse = [
             i
             for i, (g, v) in enumerate(zip(gradients, variables))
             if row_sparse
+            and i not in written
             and isinstance(g, tf.IndexedSlices)
             and getattr(v, "constraint", None) is None
         ]
@@ -206,6 +255,8 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
             native = _keras.native_variable(v) if g is not None else None
             if g is None:
                 before.append(None)
+            elif i in written:
+                before.append(_WRITTEN_BY_CLIPPY)
             elif i in touched:
                 # Repeated rows are gathered twice: the same values, the same result.
                 rows = tf.gather(native, touched[i].indices)
@@ -218,8 +269,56 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
                 before.append(tf.identity(native))
         return before, inner_gradients
 
+    def _write_clipped(
+        self, gradient: Any, variable: tf.Variable, update: tf.Tensor, weights: Any
+    ) -> bool:
+        """The inner optimizer's write ``variable -= update``, clipped by the rule: the same
+        weights as :meth:`after_apply` makes bit for bit (from the move ``w' - w`` the inner write
+        would make), without reading the variable before the step and after it. For a sparse
+        gradient only the rows it names move. Returns false for a variable Clippy does not write
+        (the inner optimizer writes it, and :meth:`after_apply` clips it)."""
+        index = self.variable_index(variable)
+        if index not in getattr(self, "_written", ()):
+            return False
+        sparse = isinstance(gradient, tf.IndexedSlices)
+        if weights is None:
+            weights = tf.gather(variable, gradient.indices) if sparse else variable.value()
+        new = weights - update
+        move = new - weights
+        per_row = self._per_row(gradient)
+        shrunk = _shrink(
+            move, [weights], [self.variable_relative_threshold], self.absolute_threshold, per_row
+        )
+        factor = tf.cast(shrunk.factor, move.dtype)
+        if per_row and move.shape.rank is not None and move.shape.rank > 1:
+            factor = tf.reshape(factor, [-1] + [1] * (move.shape.rank - 1))
+        # w' - (1 - sigma) u: exactly the inner optimizer's w' wherever sigma = 1.
+        clipped = new - (1.0 - factor) * move
+        if sparse:
+            # Written, not added. A padding row of the deduplication repeats the first row's
+            # index: it gets the first row's value.
+            real = unique_row_mask(gradient.indices)
+            real = tf.reshape(real, [-1] + [1] * (clipped.shape.rank - 1))
+            first = tf.gather(clipped, tf.zeros_like(gradient.indices))
+            clipped = tf.where(real, clipped, first)
+            variable.scatter_update(tf.IndexedSlices(clipped, gradient.indices))
+        else:
+            variable.assign(clipped)
+        if self.export_clipping_factors:
+            # The inner optimizer's gradient: deduplicated, and divided by any loss scale.
+            values = gradient.values if sparse else gradient
+            values = tf.cast(values, update.dtype)
+            self.record_statistics(
+                index, shrunk.factor, shrunk.ratio, tf.reduce_sum(values * values)
+            )
+        return True
+
     def after_apply(self, gradients: list, variables: list, before: list, aggregated: bool):
-        kept = [i for i, g in enumerate(gradients) if g is not None]
+        kept = [
+            i
+            for i, g in enumerate(gradients)
+            if g is not None and before[i] is not _WRITTEN_BY_CLIPPY
+        ]
         if not kept:
             return
         gradients = [gradients[i] for i in kept]

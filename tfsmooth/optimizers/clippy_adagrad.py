@@ -382,10 +382,9 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, OptimizerBase):
             increment = depending_on(accumulated, increment)
             update = depending_on(weights, update)
             accumulator.scatter_add(tf.IndexedSlices(increment, indices))
-            variable.scatter_sub(tf.IndexedSlices(update, indices))
         else:
             accumulator.assign_add(increment)
-            variable.assign_sub(update)
+        self.subtract_update(gradient, variable, update, weights)
         if self.export_clipping_factors:
             square = values * values if self.clip_accumulator_update else step.accumulator_increment
             self.record_statistics(index, step.factor, step.ratio, tf.reduce_sum(square))

@@ -132,11 +132,10 @@ class LazyAdam(OptimizerBase):
         if sparse:
             momentum.scatter_add(tf.IndexedSlices(depending_on(m, m_change), indices))
             velocity.scatter_add(tf.IndexedSlices(depending_on(v, v_change), indices))
-            variable.scatter_sub(tf.IndexedSlices(update, indices))
         else:
             momentum.assign_add(m_change)
             velocity.assign_add(v_change)
-            variable.assign_sub(update)
+        self.subtract_update(gradient, variable, update)
 
     def get_config(self) -> dict:
         config = super().get_config()
