@@ -97,6 +97,23 @@ def test_without_clipping_it_is_exactly_the_inner_optimizer(rng):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("granularity", ["variable", "row"])
+@pytest.mark.parametrize("inner", ["lazy_adam", "clippy_adagrad"])
+def test_writing_for_a_tfsmooth_optimizer_without_clipping_changes_nothing(inner, granularity, rng):
+    """Around LazyAdam and ClippyAdagrad Clippy writes the update itself (dense and sparse
+    gradients, repeated rows): where it clips nothing the weights are the inner optimizer's."""
+    make = {"lazy_adam": lambda: LazyAdam(0.05), "clippy_adagrad": lambda: ClippyAdagrad(0.3)}
+    initial, steps = initial_values(rng), make_steps(rng, 6)
+    plain = run_steps(make[inner](), initial, steps)
+    wrapped = run_steps(
+        Clippy(make[inner](), absolute_threshold=1e6, granularity=granularity), initial, steps
+    )
+    for a, b in zip(plain, wrapped):
+        np.testing.assert_array_equal(a, b)
+    clipped = run_steps(Clippy(make[inner](), granularity=granularity), initial, steps)
+    assert any(not np.array_equal(a, b) for a, b in zip(plain, clipped))  # the test can fail
+
+
 def test_variable_constraints_still_hold():
     variable = tf.Variable([0.05, 1.0], constraint=keras.constraints.NonNeg())
     optimizer = Clippy(keras.optimizers.SGD(1.0), variable_relative_threshold=0.5)

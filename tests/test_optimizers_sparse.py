@@ -70,6 +70,34 @@ def test_sparse_step_under_xla_updates_the_table_in_place(name):
     _assert_only_rows_moved(table)
 
 
+@pytest.mark.parametrize("granularity", ["variable", "row"])
+@pytest.mark.parametrize("inner", ["lazy_adam", "clippy_adagrad"])
+def test_clippy_reads_and_writes_the_rows_once_around_a_tfsmooth_optimizer(inner, granularity):
+    """The inner optimizer hands its write over: one read of the table's rows (the inner
+    optimizer's, or Clippy's where the inner one reads none) and one write, as without Clippy."""
+    make = {"lazy_adam": lambda: LazyAdam(0.1), "clippy_adagrad": lambda: ClippyAdagrad(0.1)}
+
+    def table_ops(optimizer):
+        table = tf.Variable(np.ones((ROWS, DIM), np.float32))
+        step = _sparse_step(optimizer, table)
+        specs = (tf.TensorSpec([None, DIM], tf.float32), tf.TensorSpec([None], tf.int32))
+        graph = step.get_concrete_function(*specs).graph
+        handle = next(c for v, c in graph.captures if v is table.handle)
+        return sorted(
+            op.type
+            for op in graph.get_operations()
+            if any(t is handle for t in op.inputs)
+            and op.type.startswith(("ResourceGather", "ResourceScatter", "ReadVariable"))
+        )
+
+    alone = table_ops(make[inner]())
+    wrapped = table_ops(Clippy(make[inner](), granularity=granularity))
+    assert wrapped.count("ResourceGather") == 1 and "ReadVariableOp" not in wrapped, wrapped
+    assert [t for t in wrapped if t != "ResourceGather"] == [
+        t for t in alone if t != "ResourceGather"
+    ], (alone, wrapped)
+
+
 JIT = ["auto", False] if IS_KERAS_3 else [None]
 
 

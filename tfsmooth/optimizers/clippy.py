@@ -13,7 +13,6 @@ from tfsmooth.optimizers._base import (
     OptimizerBase,
     OptimizerWrapperBase,
     deduplicate_sparse,
-    unique_row_mask,
 )
 from tfsmooth.optimizers.clipping import _headroom, _shrink
 from tfsmooth.optimizers.clippy_adagrad import ClippyAdagrad
@@ -28,6 +27,16 @@ class _Rows(NamedTuple):
 
     indices: tf.Tensor
     values: tf.Tensor
+
+
+class _Deferred(NamedTuple):
+    """A shard's write that waits for its table's headroom (see ``Clippy._write_tables``)."""
+
+    variable: Any
+    gradient: Any
+    update: tf.Tensor
+    weights: tf.Tensor
+    index: int
 
 
 def _computed_after(rows: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
@@ -211,6 +220,7 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
             return super().apply_wrapped(gradients, variables, apply_inner, aggregated)
         finally:
             object.__setattr__(self, "_written", set())
+            object.__setattr__(self, "_deferred", [])
             if isinstance(self.inner_optimizer, OptimizerBase):
                 self.inner_optimizer.take_over_writes(None)
 
@@ -229,12 +239,11 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
             written = {
                 i
                 for i, (g, v) in enumerate(zip(gradients, variables))
-                if g is not None
-                and getattr(v, "constraint", None) is None
-                and not _sharding.is_shard(_keras.native_variable(v))
+                if g is not None and getattr(v, "constraint", None) is None
             }
             self.inner_optimizer.take_over_writes(self._write_clipped)
         object.__setattr__(self, "_written", {self.variable_index(variables[i]) for i in written})
+        object.__setattr__(self, "_deferred", [])
         row_sparse = moves_only_gradient_rows(self.inner_optimizer)
         sparse = [
             i
@@ -272,48 +281,89 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
     def _write_clipped(
         self, gradient: Any, variable: tf.Variable, update: tf.Tensor, weights: Any
     ) -> bool:
-        """The inner optimizer's write ``variable -= update``, clipped by the rule: the same
-        weights as :meth:`after_apply` makes bit for bit (from the move ``w' - w`` the inner write
-        would make), without reading the variable before the step and after it. For a sparse
-        gradient only the rows it names move. Returns false for a variable Clippy does not write
-        (the inner optimizer writes it, and :meth:`after_apply` clips it)."""
+        """The inner optimizer's write ``variable -= update``, clipped by the rule (see
+        :meth:`_write`). A shard with one factor for its table waits until every shard's update
+        is known (:meth:`_write_tables`). Returns false for a variable Clippy does not write (the
+        inner optimizer writes it, and :meth:`after_apply` clips it)."""
         index = self.variable_index(variable)
         if index not in getattr(self, "_written", ()):
             return False
         sparse = isinstance(gradient, tf.IndexedSlices)
         if weights is None:
             weights = tf.gather(variable, gradient.indices) if sparse else variable.value()
-        new = weights - update
-        move = new - weights
+        if _sharding.is_shard(variable) and not self._per_row(gradient):
+            self._deferred.append(_Deferred(variable, gradient, update, weights, index))
+        else:
+            self._write(variable, gradient, update, weights, index)
+        return True
+
+    def _write(self, variable, gradient, update, weights, index, headroom=None) -> None:
+        """``variable -= sigma update``, with ``sigma`` from ``update`` and the weights it moves
+        (or from a sharded table's ``headroom``), without reading the variable before the step
+        and after it. For a sparse gradient only the rows it names move. Where ``sigma = 1`` the
+        weights are the inner optimizer's bit for bit; elsewhere they can differ from
+        :meth:`after_apply`'s ``w' - (1 - sigma)(w' - w)`` by a rounding."""
+        sparse = isinstance(gradient, tf.IndexedSlices)
         per_row = self._per_row(gradient)
         shrunk = _shrink(
-            move, [weights], [self.variable_relative_threshold], self.absolute_threshold, per_row
+            update,
+            [weights],
+            [self.variable_relative_threshold],
+            self.absolute_threshold,
+            per_row,
+            headroom,
         )
-        factor = tf.cast(shrunk.factor, move.dtype)
-        if per_row and move.shape.rank is not None and move.shape.rank > 1:
-            factor = tf.reshape(factor, [-1] + [1] * (move.shape.rank - 1))
-        # w' - (1 - sigma) u: exactly the inner optimizer's w' wherever sigma = 1.
-        clipped = new - (1.0 - factor) * move
+        factor = tf.cast(shrunk.factor, update.dtype)
+        if per_row and update.shape.rank is not None and update.shape.rank > 1:
+            factor = tf.reshape(factor, [-1] + [1] * (update.shape.rank - 1))
+        # Subtracted, so that a padding row of the deduplication (a zero update repeating the
+        # first row's index) changes nothing.
+        clipped = factor * update
         if sparse:
-            # Written, not added. A padding row of the deduplication repeats the first row's
-            # index: it gets the first row's value.
-            real = unique_row_mask(gradient.indices)
-            real = tf.reshape(real, [-1] + [1] * (clipped.shape.rank - 1))
-            first = tf.gather(clipped, tf.zeros_like(gradient.indices))
-            clipped = tf.where(real, clipped, first)
-            variable.scatter_update(tf.IndexedSlices(clipped, gradient.indices))
+            variable.scatter_sub(tf.IndexedSlices(clipped, gradient.indices))
         else:
-            variable.assign(clipped)
+            variable.assign_sub(clipped)
         if self.export_clipping_factors:
             # The inner optimizer's gradient: deduplicated, and divided by any loss scale.
-            values = gradient.values if sparse else gradient
-            values = tf.cast(values, update.dtype)
+            values = tf.cast(gradient.values if sparse else gradient, update.dtype)
             self.record_statistics(
                 index, shrunk.factor, shrunk.ratio, tf.reduce_sum(values * values)
             )
-        return True
+
+    def _write_tables(self, distribution, deferred: list) -> None:
+        """Writes the deferred shards: each table's headroom (the smallest of its shards', each
+        computed on its shard's device), then each shard with it."""
+        variables = [d.variable for d in deferred]
+        for positions in _sharding.shard_groups(variables, [d.gradient for d in deferred]):
+            parts = []
+            for position in positions:
+                d = deferred[position]
+                with _sharding.on_device_of(d.variable):
+                    parts.append(
+                        _headroom(
+                            d.update,
+                            [d.weights],
+                            [self.variable_relative_threshold],
+                            self.absolute_threshold,
+                            False,
+                        )
+                    )
+            table = _sharding.smallest(parts)
+            for position in positions:
+                d = deferred[position]
+                distribution.extended.update(
+                    d.variable,
+                    self._write,
+                    args=(d.gradient, d.update, d.weights, d.index, table),
+                    group=False,
+                )
 
     def after_apply(self, gradients: list, variables: list, before: list, aggregated: bool):
+        deferred = getattr(self, "_deferred", [])
+        if deferred:
+            tf.__internal__.distribute.interim.maybe_merge_call(
+                self._write_tables, tf.distribute.get_strategy(), deferred
+            )
         kept = [
             i
             for i, g in enumerate(gradients)
