@@ -132,17 +132,18 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
     Cost: the rule needs the whole move of each variable. Around tfsmooth's
     :class:`~tfsmooth.optimizers.LazyAdam` and ``ClippyAdagrad`` (without weight decay, gradient
     clipping, gradient accumulation or EMA) the inner optimizer hands its final write of each
-    variable over and the rule clips the update before it is written: the inner step, a read of
+    variable over and the rule scales the update before it is written: the inner step, a read of
     the weights it writes (``ClippyAdagrad`` has read them already) and one reduction; for a
-    sparse gradient (an embedding table) only the looked-up rows. (The shards of a sharded table
-    take the next path.) Around Keras's ``Adagrad`` and momentum-free ``SGD`` a
+    sparse gradient (an embedding table) only the looked-up rows. Where ``sigma = 1`` the weights
+    are the inner optimizer's bit for bit; elsewhere ``w - sigma u`` can differ from
+    ``w' - (1 - sigma) u`` by a rounding. Around Keras's ``Adagrad`` and momentum-free ``SGD`` a
     sparse gradient's rows are read before and after the inner step and corrected in place:
-    O(rows touched) on top of the inner step. Both give the same weights as the dense rule (the
-    untouched rows did not move). Any other inner optimizer (Keras's ``Adam`` moves every row
-    with momentum) and any variable with a constraint take the dense path: every updated
-    variable is read once before and once after the inner step. Under a ``tf.distribute``
-    strategy with several replicas the touched rows are those of all replicas (around Keras's
-    optimizers their sparse gradients are summed once more to find them).
+    O(rows touched) on top of the inner step, the same weights as the dense rule (the untouched
+    rows did not move). Any other inner optimizer (Keras's ``Adam`` moves every row with
+    momentum) and any variable with a constraint take the dense path: every updated variable is
+    read once before and once after the inner step. Under a ``tf.distribute`` strategy with
+    several replicas the touched rows are those of all replicas (around Keras's optimizers their
+    sparse gradients are summed once more to find them).
 
     **Sharded tables** (a ``ShardedVariable``, as a ``ParameterServerStrategy`` with a
     ``variable_partitioner`` makes; Keras hands its shards over as separate variables) are one
