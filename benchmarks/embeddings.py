@@ -12,9 +12,10 @@ for tf-keras), side by side in one run:
   Clippy step: gather, update, one factor, two scatters), Keras ``Adagrad``, TFRS's
   ``ClippyAdagrad`` (tf-keras), tfsmooth ``ClippyAdagrad`` per variable and per row, Keras
   ``Adam``, ``Clippy(Adam)``, tfsmooth ``LazyAdam`` and ``Clippy(LazyAdam)``, and the XLA
-  (``jit_compile=True``) form of tfsmooth's. Rounds interleave the candidates (random order);
-  ratios are medians of per-round ratios. Candidates share one table and one copy of each kind
-  of state (accumulator, moments), so memory is the table's plus its state. Above
+  (``jit_compile=True``) form of tfsmooth's (``Clippy(LazyAdam)`` also without statistics).
+  Rounds interleave the candidates (random order); ratios are medians of per-round ratios.
+  Candidates share one table and one copy of each kind of state (accumulator, moments), so
+  memory is the table's plus its state. Above
   ``--dense-max-rows`` the candidates whose step is O(table) by their own code (Keras Adam,
   Clippy(Adam), Keras 3's Adagrad) are not run.
 - ``fit``: one ``model.fit`` step (batch 4,096) of ``Embedding(rows, 64)`` + MLP 512-256-1 at 250k
@@ -197,6 +198,10 @@ def apply_candidates(rows: int, dim: int, touched: int, skip: list[str], seed: i
         "clippy_lazy_adam": lambda: step_of(Clippy(LazyAdam(LEARNING_RATE)), "adam"),
         "lazy_adam_xla": lambda: step_of(LazyAdam(LEARNING_RATE), "adam", True),
         "clippy_lazy_adam_xla": lambda: step_of(Clippy(LazyAdam(LEARNING_RATE)), "adam", True),
+        # Without the statistics (the gradient norm is a full reduction: XLA's CPU loop is slow).
+        "clippy_lazy_adam_xla_no_statistics": lambda: step_of(
+            Clippy(LazyAdam(LEARNING_RATE), export_clipping_factors=False), "adam", True
+        ),
     }
     if not IS_KERAS_3:
         try:
@@ -224,6 +229,7 @@ def apply_candidates(rows: int, dim: int, touched: int, skip: list[str], seed: i
 WRAPPED = {
     "clippy_lazy_adam": "lazy_adam",
     "clippy_lazy_adam_xla": "lazy_adam_xla",
+    "clippy_lazy_adam_xla_no_statistics": "lazy_adam_xla",
     "clippy_keras_adam": "keras_adam",
 }
 

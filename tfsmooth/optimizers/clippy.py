@@ -9,11 +9,7 @@ import tensorflow as tf
 from tfsmooth import _keras
 from tfsmooth._validation import check_bool
 from tfsmooth.optimizers import _sharding, _statistics
-from tfsmooth.optimizers._base import (
-    OptimizerBase,
-    OptimizerWrapperBase,
-    deduplicate_sparse,
-)
+from tfsmooth.optimizers._base import OptimizerBase, OptimizerWrapperBase, deduplicate_sparse
 from tfsmooth.optimizers.clipping import _headroom, _shrink
 from tfsmooth.optimizers.clippy_adagrad import ClippyAdagrad
 from tfsmooth.optimizers.lazy_adam import LazyAdam
@@ -230,10 +226,11 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
 
         Written by Clippy: a tfsmooth inner optimizer hands its final write of a variable over
         (:meth:`_write_clipped`), which clips the update before writing it; nothing is read
-        before the step. Sparse path: the touched rows before the step (``_Rows``), and each sparse gradient
-        computed from those rows (the same values) so that XLA reads them before the inner step
-        writes the variable, instead of copying the whole variable to keep them. Dense path: a
-        copy of the variable (copy-on-write keeps the values when the inner step assigns).
+        before the step. Sparse path: the touched rows before the step (``_Rows``), and each
+        sparse gradient computed from those rows (the same values) so that XLA reads them before
+        the inner step writes the variable, instead of copying the whole variable to keep them.
+        Dense path: a copy of the variable (copy-on-write keeps the values when the inner step
+        assigns).
         """
         written = set()
         if _writes_through_clippy(self.inner_optimizer):
