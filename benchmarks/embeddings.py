@@ -13,10 +13,10 @@ for tf-keras), side by side in one run:
   ``ClippyAdagrad`` (tf-keras), tfsmooth ``ClippyAdagrad`` per variable and per row, Keras
   ``Adam``, ``Clippy(Adam)``, tfsmooth ``LazyAdam`` and ``Clippy(LazyAdam)``, and the XLA
   (``jit_compile=True``) form of tfsmooth's (``Clippy(LazyAdam)`` also without statistics).
-  Rounds interleave the candidates (random order); ratios are medians of per-round ratios.
-  Candidates share one table and one copy of each kind of state (accumulator, moments), so
-  memory is the table's plus its state. Above
-  ``--dense-max-rows`` the candidates whose step is O(table) by their own code (Keras Adam,
+  Rounds interleave the candidates (random order); ratios are medians of per-round ratios,
+  and each size runs ``--runs`` times in fresh processes (the medians of the runs are
+  reported). Candidates share one table and one copy of each kind of state (accumulator,
+  moments), so memory is the table's plus its state. Above ``--dense-max-rows`` the candidates whose step is O(table) by their own code (Keras Adam,
   Clippy(Adam), Keras 3's Adagrad) are not run.
 - ``fit``: one ``model.fit`` step (batch 4,096) of ``Embedding(rows, 64)`` + MLP 512-256-1 at 250k
   and 4M rows, per optimizer; under Keras 3 with ``jit_compile=False`` and the default
@@ -29,6 +29,7 @@ for tf-keras), side by side in one run:
 Commands::
 
     nice -n 5 python benchmarks/embeddings.py --write        # everything, into RESULTS.md
+    python benchmarks/embeddings.py --write --parts apply --runs 5 --merge PATH  # apply again
     python benchmarks/embeddings.py --parts apply --rows 250000 1000000 --rounds 3   # a look
 """
 
@@ -468,6 +469,19 @@ def _collect(raw: dict, part: str, label: str, args, flavour: str, *extra: str) 
     print(f"{label}: done", flush=True)
 
 
+def median_of_runs(results: list[dict]) -> dict:
+    """One apply result from several runs (fresh processes) of the same worker: every figure is
+    the median of the runs' figures (each run's is already the median of its rounds)."""
+    combined = dict(results[0], runs=len(results))
+    for key, value in results[0].items():
+        if isinstance(value, dict):
+            combined[key] = {
+                name: float(np.median([r[key][name] for r in results if name in r.get(key, {})]))
+                for name in value
+            }
+    return combined
+
+
 def measure(args) -> dict:
     raw: dict = {"apply": [], "fit": [], "catalog": [], "failed": []}
     for flavour in args.flavours:
@@ -476,7 +490,14 @@ def measure(args) -> dict:
                 extra = ["--worker", "apply", "--worker-rows", str(rows)]
                 if rows > args.dense_max_rows:
                     extra += ["--skip", *DENSE[flavour]]
-                _collect(raw, "apply", f"{flavour} apply {rows:,} rows", args, flavour, *extra)
+                runs: dict = {"apply": [], "failed": []}
+                label = f"{flavour} apply {rows:,} rows"
+                for _ in range(max(args.runs, 1)):
+                    _collect(runs, "apply", label, args, flavour, *extra)
+                if runs["apply"]:
+                    raw["apply"].append(median_of_runs(runs["apply"]))
+                else:
+                    raw["failed"].append(label)
         if "fit" in args.parts:
             for jit in ["false", "auto"] if flavour == "Keras 3" else ["default"]:
                 for rows in args.fit_rows:
@@ -514,12 +535,14 @@ def render(raw: dict, command: str) -> str:
 
 
 def _render_apply(results: list[dict]) -> list[str]:
+    runs = min(r.get("runs", 1) for r in results)
     lines = [
         "**Apply time of one sparse gradient** (4,096 distinct rows, d = 64): median ms; the",
         "median per-round ratio to the floor `raw_adagrad` (TensorFlow's fused C++ sparse Adagrad",
         "kernel); and the growth from the smallest table, the median per-round ratio of the same",
-        "candidate on both tables, timed in the same process and rounds. '-' = not run (O(table)",
-        "by its own code, above the largest size such candidates run at).",
+        "candidate on both tables, timed in the same process and rounds. Every figure is the",
+        f"median over {runs} runs of the worker, each in a fresh process. '-' = not run",
+        "(O(table) by its own code, above the largest size such candidates run at).",
         "",
     ]
     for flavour in FLAVOURS:
@@ -652,6 +675,9 @@ def main(argv=None) -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--touched", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--runs", type=int, default=3, help="apply: fresh processes per size (medians of runs)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="per round, O(table) candidates")
     parser.add_argument("--fast-repeats", type=int, default=25, help="per round, the others")
     parser.add_argument("--base-rows", type=int, default=250_000, help="growth is measured from")
