@@ -10,6 +10,7 @@ import tensorflow as tf
 from references import nan_rule_reference, reference_ranks
 
 # The public names (tfsmooth.metrics exports them).
+from tfsmooth._keras import keras
 from tfsmooth.metrics import catalog_rank, catalog_ranking_metrics, hit_rate_and_ndcg
 
 B, C, D = 48, 300, 8
@@ -27,6 +28,18 @@ def inputs(rng):
 def test_ranks_match_numpy(rng, chunk_size):
     queries, items, labels = inputs(rng)
     ranks = catalog_rank(queries, items, labels, chunk_size=chunk_size)
+    np.testing.assert_array_equal(ranks, reference_ranks(queries, items, labels))
+
+
+def test_an_embedding_layer_as_the_table(rng):
+    """A built (unsharded) ``Embedding`` ranks like its table; an unbuilt one says so."""
+    queries, items, labels = inputs(rng)
+    layer = keras.layers.Embedding(C, D)
+    with pytest.raises(ValueError, match="built Embedding layer"):
+        catalog_rank(queries, layer, labels)
+    layer.build((None,))
+    layer.embeddings.assign(items)
+    ranks = catalog_rank(queries, layer, labels, chunk_size=64)
     np.testing.assert_array_equal(ranks, reference_ranks(queries, items, labels))
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfsmooth._keras import register_serializable
+from tfsmooth._keras import keras, register_serializable
 from tfsmooth._validation import check_int
 from tfsmooth.ops.checks import check_queries_and_table, integer_labels
 from tfsmooth.ops.chunks import row_block, split_chunks
@@ -69,6 +69,14 @@ def _sharded_table(item_embeddings: Any) -> TableShards | None:
     return table if table.sharded else None
 
 
+def _layer_table(item_embeddings: Any) -> Any:
+    """The table of a Keras layer passed as ``item_embeddings`` (an ``Embedding``: its variable;
+    an unbuilt or other layer raises a ``ValueError`` saying so); anything else as it is."""
+    if isinstance(item_embeddings, keras.layers.Layer):
+        return table_shards(item_embeddings).parts[0][0]
+    return item_embeddings
+
+
 def _num_items(items: Any) -> Any:
     """``C`` of a table: static for a sharded one, an int32 scalar tensor otherwise."""
     if isinstance(items, TableShards):
@@ -114,7 +122,9 @@ def _validated(queries, item_embeddings, labels, chunk_size):
     sharded = _sharded_table(item_embeddings)
     if sharded is None:
         queries, item_embeddings = check_queries_and_table(
-            tf.cast(tf.convert_to_tensor(queries), tf.float32), item_embeddings, query_rank=2
+            tf.cast(tf.convert_to_tensor(queries), tf.float32),
+            _layer_table(item_embeddings),
+            query_rank=2,
         )
     else:
         queries = _check_sharded_queries(
@@ -206,9 +216,9 @@ def catalog_rank(
 
     Args:
         queries: float ``[B, d]``.
-        item_embeddings: float ``[C, d]``, or a sharded table (a ``ShardedVariable``, a list of
-            shard variables, an ``Embedding`` layer holding one), ranked shard by shard on each
-            shard's device without concatenating it.
+        item_embeddings: float ``[C, d]``, a built ``Embedding`` layer, or a sharded table (a
+            ``ShardedVariable``, a list of shard variables, an ``Embedding`` layer holding one),
+            ranked shard by shard on each shard's device without concatenating it.
         labels: integer ``[B]`` in ``[0, C)``: the true items (floats only with whole values).
         exclude: optional integer ``[B, M]``: items not to rank for each query (e.g. the items of
             its history, as the usual "filter seen items" protocol does). Entries outside ``[0, C)``

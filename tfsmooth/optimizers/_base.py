@@ -302,13 +302,23 @@ class OptimizerWrapperBase(_NonfiniteCounter, _keras.OptimizerWrapperAdapter):
         _keras.guard_update_step(inner_optimizer, self._skip_nonfinite)
 
     def _skip_nonfinite(self, update, gradient, variable):
+        shard = _sharding.is_shard(variable)  # shards: counted once per table by apply_wrapped
+        if isinstance(self.inner_optimizer, OptimizerBase):
+            # It skips a non-finite gradient itself and counts it: count what it counted (two
+            # scalar reads, not a second pass over the gradient).
+            if shard:
+                return update()
+            counted = _keras.native_variable(self.inner_optimizer.nonfinite_gradients)
+            before = counted.read_value()
+            result = update()
+            own = _keras.native_variable(self._nonfinite_gradients)
+            own.assign_add(counted.read_value() - before)
+            return result
         finite = is_finite_gradient(gradient)
-        if not _sharding.is_shard(variable):  # shards: counted once per table by apply_wrapped
+        if not shard:
             self.count_nonfinite(finite)
         # Without a conditional where possible: under XLA a conditional around in-place updates
         # copies the whole variable and its state, so a sparse step would cost O(table).
-        if isinstance(self.inner_optimizer, OptimizerBase):
-            return update()  # it skips a non-finite gradient itself
         if _zero_gradient_changes_nothing(self.inner_optimizer):
             return update(_zero_unless(finite, gradient))
         return tf.cond(finite, lambda: _no_value(update()), lambda: tf.constant(False))

@@ -325,7 +325,7 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
             # The inner optimizer's gradient: deduplicated, and divided by any loss scale.
             values = tf.cast(gradient.values if sparse else gradient, update.dtype)
             self.record_statistics(
-                index, shrunk.factor, shrunk.ratio, tf.reduce_sum(values * values)
+                index, shrunk.factor, shrunk.ratio, _statistics.squared_norm(values)
             )
 
     def _write_tables(self, distribution, deferred: list) -> None:
