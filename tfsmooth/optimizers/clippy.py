@@ -302,18 +302,7 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
         weights are the inner optimizer's bit for bit; elsewhere they can differ from
         :meth:`after_apply`'s ``w' - (1 - sigma)(w' - w)`` by a rounding."""
         sparse = isinstance(gradient, tf.IndexedSlices)
-        per_row = self._per_row(gradient)
-        shrunk = _shrink(
-            update,
-            [weights],
-            [self.variable_relative_threshold],
-            self.absolute_threshold,
-            per_row,
-            headroom,
-        )
-        factor = tf.cast(shrunk.factor, update.dtype)
-        if per_row and update.shape.rank is not None and update.shape.rank > 1:
-            factor = tf.reshape(factor, [-1] + [1] * (update.shape.rank - 1))
+        shrunk, factor = self._factor(update, weights, self._per_row(gradient), headroom)
         # Subtracted, so that a padding row of the deduplication (a zero update repeating the
         # first row's index) changes nothing.
         clipped = factor * update
@@ -337,15 +326,7 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
             for position in positions:
                 d = deferred[position]
                 with _sharding.on_device_of(d.variable):
-                    parts.append(
-                        _headroom(
-                            d.update,
-                            [d.weights],
-                            [self.variable_relative_threshold],
-                            self.absolute_threshold,
-                            False,
-                        )
-                    )
+                    parts.append(self._headroom(d.update, d.weights))
             table = _sharding.smallest(parts)
             for position in positions:
                 d = deferred[position]
@@ -407,6 +388,28 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
                 group=False,
             )
 
+    def _headroom(self, move: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+        """The headroom of one factor for ``move`` of ``weights`` (see ``clipping._headroom``)."""
+        return _headroom(
+            move, [weights], [self.variable_relative_threshold], self.absolute_threshold, False
+        )
+
+    def _factor(self, move: tf.Tensor, weights: tf.Tensor, per_row: bool, headroom=None) -> tuple:
+        """The rule for ``move`` of ``weights``: its ``ShrunkUpdate`` and the factor, shaped to
+        scale ``move`` (one per row with ``per_row``)."""
+        shrunk = _shrink(
+            move,
+            [weights],
+            [self.variable_relative_threshold],
+            self.absolute_threshold,
+            per_row,
+            headroom,
+        )
+        factor = tf.cast(shrunk.factor, move.dtype)
+        if per_row and move.shape.rank is not None and move.shape.rank > 1:
+            factor = tf.reshape(factor, [-1] + [1] * (move.shape.rank - 1))
+        return shrunk, factor
+
     def _per_row(self, gradient: Any) -> bool:
         return self.granularity == "row" and isinstance(gradient, tf.IndexedSlices)
 
@@ -421,15 +424,7 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
             for position in positions:
                 with _sharding.on_device_of(variables[position]):
                     _, old, move = _moved(variables[position], before[position])
-                    parts.append(
-                        _headroom(
-                            move,
-                            [old],
-                            [self.variable_relative_threshold],
-                            self.absolute_threshold,
-                            False,
-                        )
-                    )
+                    parts.append(self._headroom(move, old))
             if parts:
                 table = _sharding.smallest(parts)
                 for position in positions:
@@ -439,18 +434,7 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
     def _clip_variable(self, variable, old, gradient, constraint, index, headroom=None):
         rows = old if isinstance(old, _Rows) else None
         new, old, move = _moved(variable, old)
-        per_row = self._per_row(gradient)
-        shrunk = _shrink(
-            move,
-            [old],
-            [self.variable_relative_threshold],
-            self.absolute_threshold,
-            per_row,
-            headroom,
-        )
-        factor = tf.cast(shrunk.factor, move.dtype)
-        if per_row and move.shape.rank is not None and move.shape.rank > 1:
-            factor = tf.reshape(factor, [-1] + [1] * (move.shape.rank - 1))
+        shrunk, factor = self._factor(move, old, self._per_row(gradient), headroom)
         # w' - (1 - sigma) u: exactly the inner optimizer's w' wherever sigma = 1.
         correction = (1.0 - factor) * move
         if rows is not None:
