@@ -54,8 +54,7 @@ def xla_clippy_adagrad(fuse: str, learning_rate: float = 0.04):
 
     Benchmark-only (it overrides a tf-keras internal, and only outside ``tf.distribute``): it
     measures whether XLA would close the gap to tf-keras Adagrad on CPU. Each variable's update
-    goes through ``update_variable`` as tfsmooth's tf-keras adapter calls it (tf-keras has summed
-    repeated rows of sparse gradients already).
+    goes through ``update_variable`` as tfsmooth's tf-keras adapter calls it.
     """
 
     class XlaClippyAdagrad(ClippyAdagrad):
@@ -67,7 +66,7 @@ def xla_clippy_adagrad(fuse: str, learning_rate: float = 0.04):
 
                     def update_all(grads, learning_rate):
                         for grad, variable in zip(grads, variables):
-                            self.update_variable(grad, variable, learning_rate, deduplicated=True)
+                            self.update_variable(grad, variable, learning_rate)
 
                     self._xla_all = tf.function(update_all, jit_compile=True)
                 self._xla_all(grads, learning_rate)
@@ -76,7 +75,7 @@ def xla_clippy_adagrad(fuse: str, learning_rate: float = 0.04):
                     self._xla_each = [
                         tf.function(
                             lambda grad, learning_rate, variable=variable: self.update_variable(
-                                grad, variable, learning_rate, deduplicated=True
+                                grad, variable, learning_rate
                             ),
                             jit_compile=True,
                         )

@@ -90,8 +90,9 @@ def test_per_row_clipping_spares_the_other_rows():
     assert np.all(updates["row"][2] == 0)
 
 
-@pytest.mark.skipif(not IS_KERAS_3, reason="tf-keras deduplicates before the optimizer sees them")
-def test_repeated_sparse_rows_are_summed_under_keras_3():
+def test_repeated_sparse_rows_are_summed():
+    """In both flavours the optimizer sums repeated rows itself (tf-keras's own deduplication is
+    skipped)."""
     table = tf.Variable(np.ones((3, 2), np.float32))
     repeated = tf.IndexedSlices(tf.constant([[1.0, 2.0], [3.0, -1.0]]), tf.constant([1, 1]))
     ClippyAdagrad(learning_rate=0.1, absolute_threshold=1.0).apply_gradients([(repeated, table)])

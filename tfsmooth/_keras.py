@@ -260,10 +260,11 @@ if IS_KERAS_3:
 
         Provides ``__init__(learning_rate, *, name, **kwargs)``, ``build`` (once, then
         ``self.build_state(variables)``), ``add_state``, ``variable_index`` and an
-        ``update_step`` that calls ``self.update_variable(gradient, variable, learning_rate,
-        deduplicated=False)``: Keras 3 passes sparse gradients on with repeated indices. Before
-        the per-variable updates of a step it calls ``self.prepare_update(grads_and_vars,
-        learning_rate, deduplicated=False)``, after them ``self.finish_update()``.
+        ``update_step`` that calls ``self.update_variable(gradient, variable, learning_rate)``
+        (Keras 3 passes sparse gradients on with repeated indices; ``update_variable`` sums
+        them). Before the per-variable updates of a step it calls
+        ``self.prepare_update(grads_and_vars, learning_rate)``, after them
+        ``self.finish_update()``.
         """
 
         def __init__(self, learning_rate: Any, *, name: str, **kwargs: Any):
@@ -299,7 +300,7 @@ if IS_KERAS_3:
             return self._get_variable_index(variable)
 
         def update_step(self, gradient, variable, learning_rate):
-            self.update_variable(gradient, variable, learning_rate, deduplicated=False)
+            self.update_variable(gradient, variable, learning_rate)
 
         def _all_reduce_sum_gradients(self, grads_and_vars):
             if _single_replica():
@@ -308,7 +309,7 @@ if IS_KERAS_3:
 
         def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
             grads_and_vars = list(grads_and_vars)
-            self.prepare_update(grads_and_vars, learning_rate, deduplicated=False)
+            self.prepare_update(grads_and_vars, learning_rate)
             try:
                 return super()._distributed_tf_update_step(
                     distribution, grads_and_vars, learning_rate
@@ -353,11 +354,14 @@ else:
 
         Provides ``__init__(learning_rate, *, name, **kwargs)``, ``build`` (once, then
         ``self.build_state(variables)``), ``add_state``, ``variable_index`` and an
-        ``update_step`` that calls ``self.update_variable(gradient, variable, learning_rate,
-        deduplicated=True)``: tf-keras sums repeated rows of sparse gradients before the update
-        and keeps the learning rate itself (``self.learning_rate``, schedules evaluated). Before
-        the per-variable updates of a step it calls ``self.prepare_update(grads_and_vars,
-        learning_rate, deduplicated=True)``, after them ``self.finish_update()``.
+        ``update_step`` that calls ``self.update_variable(gradient, variable, learning_rate)``
+        with the learning rate tf-keras keeps (``self.learning_rate``, schedules evaluated).
+        Sparse gradients reach it with their repeated indices, as under Keras 3, and
+        ``update_variable`` sums them: tf-keras's own deduplication (``tf.unique``) has a
+        data-dependent shape, which under XLA makes every later operation on the rows bounded-
+        dynamic and slower. Before the per-variable updates of a step it calls
+        ``self.prepare_update(grads_and_vars, learning_rate)``, after them
+        ``self.finish_update()``.
         """
 
         def __init__(self, learning_rate: Any, *, name: str, **kwargs: Any):
@@ -392,7 +396,10 @@ else:
             return self._index_dict[self._var_key(variable)]
 
         def update_step(self, gradient, variable):
-            self.update_variable(gradient, variable, self.learning_rate, deduplicated=True)
+            self.update_variable(gradient, variable, self.learning_rate)
+
+        def _deduplicate_sparse_grad(self, grads):
+            return grads  # update_variable deduplicates (see the class docstring)
 
         def aggregate_gradients(self, grads_and_vars):
             if _single_replica():
@@ -401,7 +408,7 @@ else:
 
         def _distributed_apply_gradients_fn(self, distribution, grads_and_vars, **kwargs):
             grads_and_vars = list(grads_and_vars)
-            prepared = self.prepare_update(grads_and_vars, self.learning_rate, deduplicated=True)
+            prepared = self.prepare_update(grads_and_vars, self.learning_rate)
             jit_compile = self.jit_compile
             if prepared:
                 # tf-keras's per-variable XLA function (GPU only) would keep the tensors

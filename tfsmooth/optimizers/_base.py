@@ -73,9 +73,8 @@ def deduplicate_sparse(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
 def unique_row_mask(indices: tf.Tensor) -> tf.Tensor:
     """``[K]`` bool: which rows of a deduplicated sparse gradient are real, not padding.
 
-    ``indices`` are those of :func:`deduplicate_sparse` (padding repeats the first index) or of
-    tf-keras's deduplication (no padding): in both, a row other than the first is padding exactly
-    when it repeats the first index.
+    ``indices`` are those of :func:`deduplicate_sparse`, whose padding repeats the first index: a
+    row other than the first is padding exactly when it repeats the first index.
     """
     positions = tf.range(tf.shape(indices)[0])
     return tf.logical_or(tf.equal(positions, 0), tf.not_equal(indices, indices[:1]))
@@ -187,9 +186,7 @@ class OptimizerBase(_NonfiniteCounter, _keras.OptimizerAdapter):
         shard's device, before any update of the step."""
         return None
 
-    def prepare_update(
-        self, grads_and_vars: list, learning_rate: Any, *, deduplicated: bool
-    ) -> bool:
+    def prepare_update(self, grads_and_vars: list, learning_rate: Any) -> bool:
         """Computes the :class:`TableStep` of every sharded table in ``grads_and_vars``.
 
         Called by the adapter before the per-variable updates of a step (in the strategy's
@@ -204,7 +201,7 @@ class OptimizerBase(_NonfiniteCounter, _keras.OptimizerAdapter):
             for position in positions:
                 gradient, variable = grads_and_vars[position]
                 with _sharding.on_device_of(variable):
-                    if isinstance(gradient, tf.IndexedSlices) and not deduplicated:
+                    if isinstance(gradient, tf.IndexedSlices):
                         gradient = deduplicate_sparse(gradient)
                     finite.append(is_finite_gradient(gradient))
                     headroom = self.shard_headroom(gradient, variable, learning_rate)
@@ -230,11 +227,10 @@ class OptimizerBase(_NonfiniteCounter, _keras.OptimizerAdapter):
         steps = getattr(self, "_table_steps", None)
         return steps.get(self.variable_index(variable)) if steps else None
 
-    def update_variable(
-        self, gradient: Any, variable: tf.Variable, learning_rate: Any, *, deduplicated: bool
-    ) -> None:
-        """Called by the adapter's ``update_step`` for each variable."""
-        if isinstance(gradient, tf.IndexedSlices) and not deduplicated:
+    def update_variable(self, gradient: Any, variable: tf.Variable, learning_rate: Any) -> None:
+        """Called by the adapter's ``update_step`` for each variable; sums the repeated rows of a
+        sparse gradient (:func:`deduplicate_sparse`, in both Keras flavours)."""
+        if isinstance(gradient, tf.IndexedSlices):
             gradient = deduplicate_sparse(gradient)
         table = self.table_step(variable)
         if table is None:

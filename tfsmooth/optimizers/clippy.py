@@ -454,7 +454,7 @@ class Clippy(_statistics.ClippingStatisticsMixin, OptimizerWrapperBase):
             if scale is not None:
                 values = values / scale
             self.record_statistics(
-                index, shrunk.factor, shrunk.ratio, tf.reduce_sum(values * values)
+                index, shrunk.factor, shrunk.ratio, _statistics.squared_norm(values)
             )
 
     def get_config(self) -> dict:

@@ -387,7 +387,7 @@ class ClippyAdagrad(_statistics.ClippingStatisticsMixin, OptimizerBase):
         self.subtract_update(gradient, variable, update, weights)
         if self.export_clipping_factors:
             square = values * values if self.clip_accumulator_update else step.accumulator_increment
-            self.record_statistics(index, step.factor, step.ratio, tf.reduce_sum(square))
+            self.record_statistics(index, step.factor, step.ratio, _statistics.total(square))
 
     def get_config(self) -> dict:
         config = super().get_config()
