@@ -209,13 +209,13 @@ def dense_steps(rng, initial, count):
     return steps
 
 
-def run_steps(optimizer, initial, steps, dtype="float32", sparse=True):
+def run_steps(optimizer, initial, steps, dtype="float32", sparse=True, jit_compile=False):
     """Applies ``steps`` in a tf.function (with ``sparse``, table gradients given as
-    ``(indices, values)`` go in as ``tf.IndexedSlices``; else every gradient is dense); the
-    weights."""
+    ``(indices, values)`` go in as ``tf.IndexedSlices``; else every gradient is dense; with
+    ``jit_compile``, sparse steps compiled by XLA); the weights."""
     variables = [tf.Variable(np.asarray(v, dtype)) for v in initial]
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def apply(dense, indices, values, bias):
         sparse = tf.IndexedSlices(values, indices, tf.constant(TABLE_SHAPE, tf.int64))
         optimizer.apply_gradients(zip([dense, sparse, bias], variables))

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from conftest import requires_tfrs
 from helpers import (
+    TABLE_SHAPE,
     assert_config_roundtrip,
     assert_restarts_continue_exactly,
     fit,
@@ -32,11 +33,13 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("config", CONFIGS)
-def test_matches_numpy_reference_dense_and_sparse(config, rng):
+def test_matches_numpy_reference_dense_and_sparse(config, jit_compile, rng):
+    """Weights, accumulators, the last factors and gradient norms, with and without XLA."""
     initial, steps = initial_values(rng), make_steps(rng, 15)
     optimizer = ClippyAdagrad(learning_rate=0.3, **config)
-    got = run_steps(optimizer, initial, steps)
+    got = run_steps(optimizer, initial, steps, jit_compile=jit_compile)
     expected, accumulators, factors = numpy_clippy_adagrad(
         initial, steps, learning_rate=0.3, **config
     )
@@ -47,6 +50,12 @@ def test_matches_numpy_reference_dense_and_sparse(config, rng):
     np.testing.assert_allclose(
         [float(f) for f in optimizer.clipping_factors], factors[-1], rtol=1e-4
     )
+    dense, (indices, values), bias = steps[-1]
+    table = np.zeros(TABLE_SHAPE)
+    np.add.at(table, indices, values)  # repeated rows summed
+    norms = [np.linalg.norm(g) for g in (dense, table, bias)]
+    recorded = [s["gradient_norm"] for s in optimizer.clipping_statistics().values()]
+    np.testing.assert_allclose(recorded, norms, rtol=1e-5)
 
 
 def test_float64_variables_match_tightly(rng):

@@ -19,7 +19,8 @@ from helpers import (
 from references import adam_reference, lazy_adam_reference, numpy_clipped
 
 from tfsmooth._keras import keras
-from tfsmooth.optimizers import Clippy, LazyAdam, nonfinite_gradient_count
+from tfsmooth.optimizers import Clippy, LazyAdam, clipping_statistics, nonfinite_gradient_count
+from tfsmooth.optimizers._statistics import STATISTICS
 
 LR = 0.05
 
@@ -75,8 +76,11 @@ def test_untouched_rows_and_their_moments_stay_bit_for_bit():
             assert np.all(now[2] != before[2])
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("granularity", ["variable", "row"])
-def test_clippy_lazy_adam_matches_numpy(granularity, rng):
+def test_clippy_lazy_adam_matches_numpy(granularity, jit_compile, rng):
+    """Weights and the last step's statistics, with and without XLA (which sums the gradient
+    norm pairwise, over row counts that are not powers of two)."""
     initial, steps = initial_values(rng), make_steps(rng, 10)
     optimizer = Clippy(
         LazyAdam(LR),
@@ -84,13 +88,17 @@ def test_clippy_lazy_adam_matches_numpy(granularity, rng):
         absolute_threshold=1e-3,
         granularity=granularity,
     )
-    got = run_steps(optimizer, initial, steps)
+    got = run_steps(optimizer, initial, steps, jit_compile=jit_compile)
     step, _ = lazy_adam_reference(LR)
-    expected, _ = numpy_clipped(
+    expected, statistics = numpy_clipped(
         step, initial, steps, relative=0.1, absolute=1e-3, granularity=granularity
     )
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    recorded = clipping_statistics(optimizer)
+    assert len(recorded) == 3
+    for values, reference in zip(recorded.values(), statistics):
+        np.testing.assert_allclose([values[k] for k in STATISTICS], reference, rtol=1e-4)
 
 
 def test_nonfinite_gradient_leaves_the_variable_and_its_moments(rng):
