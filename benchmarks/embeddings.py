@@ -31,6 +31,11 @@ Commands::
     nice -n 5 python benchmarks/embeddings.py --write        # everything, into RESULTS.md
     python benchmarks/embeddings.py --write --parts apply --runs 5 --merge PATH  # apply again
     python benchmarks/embeddings.py --parts apply --rows 250000 1000000 --rounds 3   # a look
+    python benchmarks/embeddings.py --write --parts apply --huge-pages on --merge PATH
+
+``--huge-pages`` runs the apply workers with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` as well
+(``both``) or only (``on``): glibc's malloc then asks the kernel for transparent huge pages, which
+shortens the page walk of every row read at random.
 """
 
 from __future__ import annotations
@@ -65,6 +70,10 @@ SCRIPT = os.path.abspath(__file__)
 LEARNING_RATE, EPSILON, INITIAL = 0.01, 1e-7, 0.1
 INDEX_SETS = 64
 FLAVOURS = {"Keras 3": {}, "tf-keras": {"TF_USE_LEGACY_KERAS": "1"}}
+#: ``--huge-pages``: glibc's malloc (which TensorFlow's CPU allocator uses) asks the kernel for
+#: transparent huge pages (glibc >= 2.35, the kernel's THP mode "madvise" or "always").
+HUGE_PAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+HUGE = ", huge pages"
 #: Candidates whose step is O(table) by their own code, per flavour (not run on huge tables).
 DENSE = {
     "Keras 3": ("keras_adam", "clippy_keras_adam", "keras_adagrad"),
@@ -235,6 +244,18 @@ WRAPPED = {
 }
 
 
+def huge_pages_mb() -> float | None:
+    """Memory of this process in transparent huge pages (Linux), ``None`` where unknown."""
+    try:
+        with open("/proc/self/smaps_rollup") as status:
+            for line in status:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def apply_worker(args) -> dict:
     """Times the candidates at ``--worker-rows`` and, in the same process and rounds, at
     ``--base-rows``: growth is the median per-round ratio of the two, so drift of the machine
@@ -262,6 +283,7 @@ def apply_worker(args) -> dict:
     }
     return {
         "x_inner": x_inner,
+        "huge_pages_mb": huge_pages_mb(),
         "rows": args.worker_rows,
         "base_rows": args.base_rows,
         "ms": {name: float(np.median(t)) * 1e3 for name, t in times.items()},
@@ -458,13 +480,14 @@ def merged(raw: dict, earlier: dict) -> dict:
     return raw
 
 
-def _collect(raw: dict, part: str, label: str, args, flavour: str, *extra: str) -> None:
-    """Runs one worker; its result goes to ``raw[part]``, or ``label`` to ``raw["failed"]``."""
-    result = _run(args, FLAVOURS[flavour], *extra)
+def _collect(raw: dict, part: str, label: str, args, setting: str, env: dict, *extra) -> None:
+    """Runs one worker in ``env``; its result, labelled ``setting``, goes to ``raw[part]``, or
+    ``label`` to ``raw["failed"]``."""
+    result = _run(args, env, *extra)
     if result is None:
         raw["failed"].append(label)
         return
-    result["flavour"] = flavour
+    result["flavour"] = setting
     raw[part].append(result)
     print(f"{label}: done", flush=True)
 
@@ -482,18 +505,30 @@ def median_of_runs(results: list[dict]) -> dict:
     return combined
 
 
+def apply_settings(flavour: str, huge_pages: str) -> list[tuple[str, dict]]:
+    """``(label, environment)`` of each setting the apply part runs ``flavour`` in."""
+    pages = {"off": [False], "on": [True], "both": [False, True]}[huge_pages]
+    return [
+        (flavour + HUGE, {**FLAVOURS[flavour], **HUGE_PAGES})
+        if huge
+        else (flavour, FLAVOURS[flavour])
+        for huge in pages
+    ]
+
+
 def measure(args) -> dict:
     raw: dict = {"apply": [], "fit": [], "catalog": [], "failed": []}
     for flavour in args.flavours:
-        if "apply" in args.parts:
+        settings = apply_settings(flavour, args.huge_pages) if "apply" in args.parts else []
+        for setting, env in settings:
             for rows in args.rows:
                 extra = ["--worker", "apply", "--worker-rows", str(rows)]
                 if rows > args.dense_max_rows:
                     extra += ["--skip", *DENSE[flavour]]
                 runs: dict = {"apply": [], "failed": []}
-                label = f"{flavour} apply {rows:,} rows"
+                label = f"{setting} apply {rows:,} rows"
                 for _ in range(max(args.runs, 1)):
-                    _collect(runs, "apply", label, args, flavour, *extra)
+                    _collect(runs, "apply", label, args, setting, env, *extra)
                 if runs["apply"]:
                     raw["apply"].append(median_of_runs(runs["apply"]))
                 else:
@@ -503,11 +538,12 @@ def measure(args) -> dict:
                 for rows in args.fit_rows:
                     extra = ["--worker", "fit", "--worker-rows", str(rows), "--jit", jit]
                     label = f"{flavour} fit {rows:,} rows, jit {jit}"
-                    _collect(raw, "fit", label, args, flavour, *extra)
+                    _collect(raw, "fit", label, args, flavour, FLAVOURS[flavour], *extra)
         if "catalog" in args.parts:
             for setup in CATALOG_SETUPS:
                 extra = ["--worker", "catalog", "--setup", setup, "--items", str(args.items)]
-                _collect(raw, "catalog", f"{flavour} catalog {setup}", args, flavour, *extra)
+                label = f"{flavour} catalog {setup}"
+                _collect(raw, "catalog", label, args, flavour, FLAVOURS[flavour], *extra)
     raw["machine"] = machine_summary()
     if args.merge:
         raw = merged(raw, load_raw(args.merge))
@@ -545,10 +581,19 @@ def _render_apply(results: list[dict]) -> list[str]:
         "(O(table) by its own code, above the largest size such candidates run at).",
         "",
     ]
-    for flavour in FLAVOURS:
+    if any(r["flavour"].endswith(HUGE) for r in results):
+        held = sorted(r["huge_pages_mb"] for r in results if r["flavour"].endswith(HUGE))
+        span = f"{held[0]:,.0f}" if held[0] == held[-1] else f"{held[0]:,.0f}-{held[-1]:,.0f}"
+        lines += [
+            "*Huge pages*: those workers run with "
+            f"`GLIBC_TUNABLES={HUGE_PAGES['GLIBC_TUNABLES']}` (`--huge-pages`): glibc's malloc,",
+            "which TensorFlow's CPU allocator uses, asks the kernel for transparent huge pages (2 MB",
+            "instead of 4 KB: one TLB entry and a shorter page walk cover 512 times the memory).",
+            f"Each held {span} MB in huge pages at its end; the other workers none.",
+            "",
+        ]
+    for flavour in _settings_of(results):
         ours = [r for r in results if r["flavour"] == flavour]
-        if not ours:
-            continue
         sizes = sorted(r["rows"] for r in ours)
         by_rows = {r["rows"]: r for r in ours}
         names = list(dict.fromkeys(n for r in ours for n in r["ms"]))
@@ -568,14 +613,19 @@ def _render_apply(results: list[dict]) -> list[str]:
     return lines
 
 
+def _settings_of(results: list[dict]) -> list[str]:
+    """The settings (flavours, with or without huge pages) of ``results``, in a fixed order."""
+    present = {r["flavour"] for r in results}
+    order = [f + huge for huge in ("", HUGE) for f in FLAVOURS]
+    return [s for s in order if s in present]
+
+
 def _apply_targets(results: list[dict]) -> list[str]:
     """The issue's targets, computed from the table (never typed in)."""
     lines = ["Targets:", ""]
     rows = []
-    for flavour in FLAVOURS:
+    for flavour in _settings_of(results):
         ours = {r["rows"]: r for r in results if r["flavour"] == flavour}
-        if not ours:
-            continue
         small = min(ours)
         at4m = ours.get(4_000_000)
         if at4m:
@@ -686,6 +736,12 @@ def main(argv=None) -> None:
     parser.add_argument("--render", help="render the raw results of an earlier run (JSON)")
     parser.add_argument("--merge", help="keep an earlier run's results this run does not measure")
     parser.add_argument("--flavours", nargs="+", default=list(FLAVOURS), choices=list(FLAVOURS))
+    parser.add_argument(
+        "--huge-pages",
+        default="off",
+        choices=["off", "on", "both"],
+        help="apply: also (both) or only (on) with glibc's malloc on transparent huge pages",
+    )
     parser.add_argument("--worker", choices=["apply", "fit", "catalog"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-rows", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--skip", nargs="*", default=[], help=argparse.SUPPRESS)
