@@ -60,7 +60,7 @@ def test_sparse_step_does_no_work_proportional_to_the_table(name):
 def test_sparse_step_sums_repeated_rows_with_static_shapes(name):
     """Repeated rows are summed by one sort, with static shapes, in both flavours: tf-keras's own
     deduplication (``tf.unique``, whose output shape depends on the data) compiles into four
-    sorts under XLA and made every later operation on the rows slower."""
+    sorts under XLA."""
     table = tf.Variable(np.ones((ROWS, DIM), np.float32))
     step = _sparse_step(SPARSE_OPTIMIZERS[name](), table)
     specs = (tf.TensorSpec([None, DIM], tf.float32), tf.TensorSpec([None], tf.int32))

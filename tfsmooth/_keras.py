@@ -357,9 +357,9 @@ else:
         ``update_step`` that calls ``self.update_variable(gradient, variable, learning_rate)``
         with the learning rate tf-keras keeps (``self.learning_rate``, schedules evaluated).
         Sparse gradients reach it with their repeated indices, as under Keras 3, and
-        ``update_variable`` sums them: tf-keras's own deduplication (``tf.unique``) has a
-        data-dependent shape, which under XLA makes every later operation on the rows bounded-
-        dynamic and slower. Before the per-variable updates of a step it calls
+        ``update_variable`` sums them with one sort: tf-keras's own deduplication
+        (``tf.unique``) compiles into four sorts under XLA. Before the per-variable updates of a
+        step it calls
         ``self.prepare_update(grads_and_vars, learning_rate)``, after them
         ``self.finish_update()``.
         """
