@@ -589,7 +589,7 @@ def _render_apply(results: list[dict]) -> list[str]:
             f"`GLIBC_TUNABLES={HUGE_PAGES['GLIBC_TUNABLES']}` (`--huge-pages`): glibc's malloc,",
             "which TensorFlow's CPU allocator uses, asks the kernel for transparent huge pages (2 MB",
             "instead of 4 KB: one TLB entry and a shorter page walk cover 512 times the memory).",
-            f"Each held {span} MB in huge pages at its end; the other workers none.",
+            f"Each held {span} MB in huge pages at its end.",
             "",
         ]
     for flavour in _settings_of(results):
