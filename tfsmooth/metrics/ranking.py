@@ -54,27 +54,33 @@ def _count_ahead(queries, items, labels, target_scores, chunk):
     return counts + count(steps * size, tail)
 
 
-def _sharded_table(item_embeddings: Any) -> TableShards | None:
-    """The shards of a sharded item table (see :func:`tfsmooth.ops.table_shards`), else ``None``.
+def _item_table(item_embeddings: Any) -> Any:
+    """The table to score against: the shards of a sharded table (see
+    :func:`tfsmooth.ops.table_shards`), the variable of a built unsharded ``Embedding`` layer,
+    anything else as it is.
 
-    Tensors, arrays and anything :func:`~tfsmooth.ops.table_shards` refuses are left to the usual
-    (unsharded) path and its checks, so their results and errors do not change.
+    Tensors, arrays and anything else :func:`~tfsmooth.ops.table_shards` refuses are left to the
+    usual (unsharded) path and its checks, so their results and errors do not change; a Keras
+    layer it refuses (unbuilt, or not an ``Embedding``) raises its ``ValueError``.
     """
     if item_embeddings is None or isinstance(item_embeddings, (tf.Tensor, np.ndarray, np.generic)):
-        return None
+        return item_embeddings
+    layer = isinstance(item_embeddings, keras.layers.Layer)
     try:
         table = table_shards(item_embeddings)
     except (TypeError, ValueError):
-        return None
-    return table if table.sharded else None
+        if layer:
+            raise
+        return item_embeddings
+    if table.sharded:
+        return table
+    return table.parts[0][0] if layer else item_embeddings
 
 
-def _layer_table(item_embeddings: Any) -> Any:
-    """The table of a Keras layer passed as ``item_embeddings`` (an ``Embedding``: its variable;
-    an unbuilt or other layer raises a ``ValueError`` saying so); anything else as it is."""
-    if isinstance(item_embeddings, keras.layers.Layer):
-        return table_shards(item_embeddings).parts[0][0]
-    return item_embeddings
+def _sharded_table(item_embeddings: Any) -> TableShards | None:
+    """The shards of a sharded item table (see :func:`_item_table`), else ``None``."""
+    table = _item_table(item_embeddings)
+    return table if isinstance(table, TableShards) else None
 
 
 def _num_items(items: Any) -> Any:
@@ -119,18 +125,12 @@ def _validated(queries, item_embeddings, labels, chunk_size):
     for name, value in (("queries", queries), ("item_embeddings", item_embeddings)):
         if value is None:
             raise TypeError(f"`{name}` must be a float tensor. Received: {name}=None")
-    sharded = _sharded_table(item_embeddings)
-    if sharded is None:
-        queries, item_embeddings = check_queries_and_table(
-            tf.cast(tf.convert_to_tensor(queries), tf.float32),
-            _layer_table(item_embeddings),
-            query_rank=2,
-        )
+    table = _item_table(item_embeddings)
+    queries = tf.cast(tf.convert_to_tensor(queries), tf.float32)
+    if isinstance(table, TableShards):
+        queries, item_embeddings = _check_sharded_queries(queries, table), table
     else:
-        queries = _check_sharded_queries(
-            tf.cast(tf.convert_to_tensor(queries), tf.float32), sharded
-        )
-        item_embeddings = sharded
+        queries, item_embeddings = check_queries_and_table(queries, table, query_rank=2)
     labels = tf.cast(integer_labels(labels, "labels"), tf.int32)
     if labels.shape.rank is not None and labels.shape.rank == 2 and labels.shape[-1] == 1:
         labels = tf.squeeze(labels, -1)
