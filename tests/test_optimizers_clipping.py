@@ -10,7 +10,7 @@ import tensorflow as tf
 from conftest import requires_tfrs
 from references import numpy_shrink
 
-from tfsmooth.optimizers import shrink_update
+from tfsmooth.optimizers import _statistics, shrink_update
 
 # Closed forms: tensor, references, relative factors, absolute, expected (update, factor).
 CASES = [
@@ -200,3 +200,27 @@ def test_equals_tfrs_shrink_by_references(rng):
         )
         np.testing.assert_allclose(ours.update.numpy(), theirs[0].numpy(), rtol=1e-7, atol=0)
         np.testing.assert_allclose(ours.factor.numpy(), theirs[1].numpy(), rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (3,), (6, 3), (8, 2), (5, 2, 3), (1000, 7)])
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla", "xla_unknown_rows"])
+def test_recorded_sums_match_numpy(shape, mode, rng):
+    """The statistics' sum of every element (pairwise under XLA, padded to a power of two; a
+    product with ones under XLA without a static row count; ``reduce_sum`` elsewhere)."""
+    values = rng.normal(size=shape).astype(np.float32)
+    run = _statistics.total
+    if mode == "graph":
+        run = tf.function(run)
+    elif mode == "xla":
+        run = tf.function(run, jit_compile=True)
+    elif mode == "xla_unknown_rows":
+        if not shape:
+            pytest.skip("a scalar has no rows")
+        spec = tf.TensorSpec([None, *shape[1:]], tf.float32)
+        run = tf.function(run, jit_compile=True, input_signature=[spec])
+    got = float(run(tf.constant(values)))
+    # float32 rounding grows with the terms' magnitudes, not with their (cancelling) sum
+    scale = 1e-6 * max(float(np.sum(np.abs(values), dtype=np.float64)), 1.0)
+    np.testing.assert_allclose(got, np.sum(values, dtype=np.float64), rtol=0, atol=scale)
+    square = float(tf.function(_statistics.squared_norm, jit_compile=mode != "eager")(values))
+    np.testing.assert_allclose(square, np.sum(np.square(values, dtype=np.float64)), rtol=1e-5)
