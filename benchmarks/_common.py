@@ -3,7 +3,7 @@
 - Workers in fresh processes: :func:`run_script_in_fresh_process` starts ``python script args``
   and reads the JSON its worker side printed with :func:`emit_result` (a figure that needs a
   process of its own: peak memory, the other Keras flavour).
-- Memory: :func:`status_kb` (resident set and its peak), :func:`reset_peak_rss`,
+- Memory: :func:`status_kb` (resident set, its peak, huge pages), :func:`reset_peak_rss`,
   :func:`release_free_memory`.
 - Timing: :func:`interleaved_times` (candidates interleaved in rounds) and :func:`median_ratios`
   (medians of the per-round ratios to an anchor).
@@ -69,13 +69,14 @@ def emit_result(payload: dict) -> None:
 # Memory of this process (Linux): resident set, its peak, and resetting the peak.
 
 
-def status_kb(field: str) -> int:
-    """A field of /proc/self/status in kB (VmRSS: resident now, VmHWM: peak since reset)."""
-    with open("/proc/self/status") as status:
+def status_kb(field: str, source: str = "status") -> int:
+    """A field of /proc/self/``source`` in kB (``status``: VmRSS, resident now; VmHWM, peak since
+    reset. ``smaps_rollup``: AnonHugePages, memory in transparent huge pages)."""
+    with open(f"/proc/self/{source}") as status:
         for line in status:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    raise RuntimeError(f"/proc/self/{source} has no {field}")
 
 
 def reset_peak_rss() -> bool:

@@ -247,13 +247,9 @@ WRAPPED = {
 def huge_pages_mb() -> float | None:
     """Memory of this process in transparent huge pages (Linux), ``None`` where unknown."""
     try:
-        with open("/proc/self/smaps_rollup") as status:
-            for line in status:
-                if line.startswith("AnonHugePages:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+        return status_kb("AnonHugePages", "smaps_rollup") / 1024
+    except (OSError, RuntimeError):
+        return None
 
 
 def apply_worker(args) -> dict:
