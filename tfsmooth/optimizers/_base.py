@@ -141,11 +141,13 @@ class TableStep(NamedTuple):
         headroom: the table's Clippy headroom (the smallest of its shards'), or ``None`` where
             each shard keeps its own (per-row factors, optimizers without a factor).
         counts: this shard counts the table's skip (one shard per table does).
+        gradient: this shard's gradient, its repeated rows summed (the step applies it).
     """
 
     finite: tf.Tensor
     headroom: tf.Tensor | None
     counts: bool
+    gradient: Any = None
 
 
 class OptimizerBase(_NonfiniteCounter, _keras.OptimizerAdapter):
@@ -197,12 +199,13 @@ class OptimizerBase(_NonfiniteCounter, _keras.OptimizerAdapter):
         variables = [v for _, v in grads_and_vars]
         steps: dict[int, TableStep] = {}
         for positions in _sharding.shard_groups(variables, gradients):
-            finite, headrooms = [], []
+            finite, headrooms, summed = [], [], []
             for position in positions:
                 gradient, variable = grads_and_vars[position]
                 with _sharding.on_device_of(variable):
                     if isinstance(gradient, tf.IndexedSlices):
                         gradient = deduplicate_sparse(gradient)
+                    summed.append(gradient)
                     finite.append(is_finite_gradient(gradient))
                     headroom = self.shard_headroom(gradient, variable, learning_rate)
                 if headroom is not None:
@@ -213,7 +216,9 @@ class OptimizerBase(_NonfiniteCounter, _keras.OptimizerAdapter):
                 False,
             )
             for n, position in enumerate(positions):
-                steps[self.variable_index(variables[position])] = table._replace(counts=n == 0)
+                steps[self.variable_index(variables[position])] = table._replace(
+                    counts=n == 0, gradient=summed[n]
+                )
         # Not through the trackable __setattr__: tensors of this step, nothing to checkpoint.
         object.__setattr__(self, "_table_steps", steps)
         return bool(steps)
@@ -229,14 +234,16 @@ class OptimizerBase(_NonfiniteCounter, _keras.OptimizerAdapter):
 
     def update_variable(self, gradient: Any, variable: tf.Variable, learning_rate: Any) -> None:
         """Called by the adapter's ``update_step`` for each variable; sums the repeated rows of a
-        sparse gradient (:func:`deduplicate_sparse`, in both Keras flavours)."""
-        if isinstance(gradient, tf.IndexedSlices):
-            gradient = deduplicate_sparse(gradient)
+        sparse gradient (:func:`deduplicate_sparse`, in both Keras flavours; a shard's were summed
+        by :meth:`prepare_update`)."""
         table = self.table_step(variable)
         if table is None:
+            if isinstance(gradient, tf.IndexedSlices):
+                gradient = deduplicate_sparse(gradient)
             finite = is_finite_gradient(gradient)
             self.count_nonfinite(finite)
         else:  # a shard: skipped with its whole table, which counts once
+            gradient = table.gradient
             finite = table.finite
             if table.counts:
                 self.count_nonfinite(finite)
